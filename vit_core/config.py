@@ -1,0 +1,99 @@
+"""The configuration of a Vision Transformer, its preprocessing included."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class ViTConfig:
+    """Architecture and preprocessing of a ViT (arXiv 2010.11929), in timm's terms."""
+
+    img_size: tuple[int, int] = (224, 224)  # (H, W) the position embeddings were learned for
+    patch_size: int = 16  # side P of a square patch, in pixels
+    in_chans: int = 3  # input channels C
+    num_classes: int = 1000  # outputs of the head; 0 means no head (features only)
+    embed_dim: int = 768  # token width D
+    depth: int = 12  # number of transformer blocks L
+    num_heads: int = 12  # attention heads h; head width d = D / h
+    mlp_ratio: float = 4.0  # MLP hidden width / D
+    qkv_bias: bool = True  # bias on the fused query/key/value projection
+    class_token: bool = True  # prepend a learned [CLS] token
+    distill_token: bool = False  # DeiT: a second, distillation token with its own head
+    reg_tokens: int = 0  # register tokens (Darcet et al. 2023) after the class/dist tokens
+    no_embed_class: bool = False  # position embeddings cover patches only, not prefix tokens
+    global_pool: str = "token"  # "token": classify the CLS token; "avg": mean of patch tokens
+    fc_norm: bool | None = None  # norm after pooling instead of before; None: timm's default
+    init_values: float | None = None  # LayerScale initial value; None disables LayerScale
+    layer_norm_eps: float = 1e-6  # epsilon of every LayerNorm (timm 1e-6, transformers 1e-12)
+    # Preprocessing: how a user's image becomes the model's input tensor.
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel mean subtracted after scaling to [0, 1]
+    std: tuple[float, ...] = IMAGENET_STD  # per-channel std divided by
+    interpolation: str = "bicubic"  # resize filter: "bicubic", "bilinear" or "nearest"
+    crop_pct: float = 0.9  # resize the shorter side to img_size / crop_pct, then center-crop
+    name: str = "vit"  # a short human name for menus
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance
+
+    def __post_init__(self) -> None:
+        self.img_size = _pair(self.img_size)
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', not {self.global_pool!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (gh, gw) at the native image size."""
+        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: class, distillation and register tokens."""
+        return int(self.class_token) + int(self.distill_token) + self.reg_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
