@@ -1,0 +1,77 @@
+"""Views of the token stream: the logit lens and token PCA."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ._common import check_tokens, pca, scale01
+
+if TYPE_CHECKING:
+    from ..model import VisionTransformer, ViTTrace
+
+
+@torch.no_grad()
+def logit_lens(model: VisionTransformer, trace: ViTTrace) -> Tensor:
+    """The final norm and head applied after the embedding and after every block.
+
+    Args:
+        model: the ViT that produced `trace`.
+        trace: from `model.trace`.
+
+    Returns:
+        (B, L+1, classes) class probabilities; index 0 is the embedding output, index l the
+        output of block l; the last equals `trace.probs`.
+    """
+    hs = trace.hidden_states  # (B, L+1, N, D)
+    B, S, N, D = hs.shape
+    logits = model.logits_from_hidden(hs.reshape(B * S, N, D).to(model.pos_embed.dtype))
+    return logits.float().softmax(dim=-1).reshape(B, S, -1)
+
+
+def _patch_tokens(hidden_states: Tensor, layer: int, num_prefix_tokens: int) -> Tensor:
+    if hidden_states.dim() != 4:
+        raise ValueError(f"hidden_states must have shape (B, L+1, N, D), got {tuple(hidden_states.shape)}")
+    return hidden_states[:, layer, num_prefix_tokens:].float()  # (B, n, D)
+
+
+def token_pca(hidden_states: Tensor, layer: int, num_prefix_tokens: int = 1, k: int = 2) -> Tensor:
+    """Per image, the patch tokens at depth `layer` projected on their top k principal components.
+
+    Args:
+        hidden_states: (B, L+1, N, D); `layer` 0 is after the embedding, l after block l
+            (negative indices count from the end).
+        layer: depth index into `hidden_states`.
+        num_prefix_tokens: k tokens skipped before the patches.
+        k: components; a component that cannot exist (k > min(n, D)) is returned as zeros.
+
+    Returns:
+        (B, n, k) coordinates of the centred tokens (sign fixed: each component's largest
+        loading is positive), row-major patch order, for a scatter plot.
+    """
+    x = _patch_tokens(hidden_states, layer, num_prefix_tokens)
+    _, coords, _ = pca(x, k)
+    if coords.shape[-1] < k:
+        coords = torch.cat([coords, coords.new_zeros(*coords.shape[:-1], k - coords.shape[-1])], dim=-1)
+    return coords
+
+
+def token_pca_rgb(hidden_states: Tensor, layer: int, grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """Patch tokens at depth `layer` coloured by their top 3 principal components.
+
+    Args:
+        hidden_states: (B, L+1, N, D).
+        layer: depth index (0 = after the embedding, l = after block l).
+        grid: (gh, gw).
+        num_prefix_tokens: k.
+
+    Returns:
+        (B, gh, gw, 3) in [0, 1]: component c min-max scaled over the image's patches is
+        channel c.
+    """
+    gh, gw = check_tokens(hidden_states.shape[2], grid, num_prefix_tokens)
+    coords = token_pca(hidden_states, layer, num_prefix_tokens, k=3)  # (B, n, 3)
+    rgb = scale01(coords, dims=(1,))
+    return rgb.reshape(rgb.shape[0], gh, gw, 3)
