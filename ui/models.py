@@ -1,0 +1,370 @@
+"""Which model the app shows: the sources, the sidebar picker, and the session's own models.
+
+Contract with the Train page: `register_session_model(name, model)` puts a model the user
+trained into this session's picker and selects it (from the next rerun of the sidebar;
+call `st.rerun()` after it if the page should switch at once). Call it from the script
+thread (a page body or a widget callback), not from a background training thread.
+
+Model keys (the picker's option values):
+    "bundled"            assets/vit_cifar10.safetensors
+    "untrained"          a randomly initialised CIFAR-sized ViT (clearly labelled)
+    "file:<path>"        a checkpoint file (under runs/, named by path, or uploaded)
+    "session:<name>"     a model registered by `register_session_model`
+    "pretrained:<name>"  an entry of the pretrained catalogue (downloaded on request only)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from vit_core import CIFAR10_MEAN, CIFAR10_STD, CheckpointError, VisionTransformer, ViTConfig, describe, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_PATH = ROOT / "assets" / "vit_cifar10.safetensors"
+RUNS_DIR = ROOT / "runs"
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "vit-explorer-uploads"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# session_state keys
+MODEL_KEY = "model_key"  # the picker's selection (a model key, see the module docstring)
+_PENDING = "_model_key_pending"  # a selection to apply before the picker is drawn next
+_LAST_GOOD = "_model_key_last_good"  # the last model that loaded; used when a new one fails
+_SESSION_MODELS = "session_models"  # name -> SessionModel
+_EXTRA = "extra_model_keys"  # keys added this session (uploads, paths, downloads) -> label
+_ERROR = "model_error"  # a short message about the last failed load, shown once
+
+
+@dataclass
+class SessionModel:
+    """A model that lives only in this browser session (trained on the Train page)."""
+
+    model: VisionTransformer
+    model_id: str  # unique per registration, so caches never mix two models of one name
+
+
+@dataclass
+class LoadedModel:
+    """The model the pages show, with what identifies it in caches."""
+
+    model: VisionTransformer
+    model_id: str  # cache key: changes whenever the weights may have changed
+    key: str  # the picker key it came from
+    label: str  # a human name for the picker and the page captions
+    untrained: bool = False  # random weights: predictions mean nothing
+
+
+def register_session_model(name: str, model: VisionTransformer) -> None:
+    """Add a model trained in this session to the picker and select it.
+
+    Registering a second model under the same name replaces the first. The selection is
+    applied when the sidebar is next drawn (the next rerun).
+    """
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"register_session_model needs a VisionTransformer, not {type(model).__name__}")
+    models = st.session_state.setdefault(_SESSION_MODELS, {})
+    models[str(name)] = SessionModel(model.eval(), f"session:{uuid.uuid4().hex}")
+    st.session_state[_PENDING] = f"session:{name}"
+
+
+def session_models() -> dict[str, VisionTransformer]:
+    """The models registered in this session, by name."""
+    return {name: sm.model for name, sm in st.session_state.get(_SESSION_MODELS, {}).items()}
+
+
+def select_model(key: str) -> None:
+    """Select a model key from the next time the picker is drawn."""
+    st.session_state[_PENDING] = key
+
+
+# ---- loading (cached once per process; the weights are shared read-only by sessions) ----
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the model...")
+def _load_file(path: str, mtime: float, size: int) -> VisionTransformer:
+    """A checkpoint file; `mtime` and `size` are in the key so a rewritten file reloads."""
+    return load_checkpoint(path).eval()
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
+def untrained_cifar_model() -> VisionTransformer:
+    """A randomly initialised ViT the size of the bundled CIFAR-10 model (seed 0)."""
+    cfg = ViTConfig(
+        img_size=32,
+        patch_size=4,
+        num_classes=10,
+        embed_dim=192,
+        depth=6,
+        num_heads=4,
+        mlp_ratio=2.0,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        crop_pct=1.0,
+        name="Untrained CIFAR-sized ViT",
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = VisionTransformer(cfg, list(CIFAR10_CLASSES))
+    return model.eval()
+
+
+def _pretrained_module():
+    try:
+        from vit_core import pretrained
+    except ImportError:
+        return None
+    return pretrained
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the pretrained model...")
+def _load_pretrained(name: str) -> VisionTransformer:
+    pretrained = _pretrained_module()
+    if pretrained is None:
+        raise CheckpointError("The pretrained catalogue is not available in this installation.")
+    return pretrained.load_pretrained(name).eval()
+
+
+def pretrained_catalogue() -> dict[str, str]:
+    """Catalogue name -> a short description; empty when the catalogue is not installed."""
+    pretrained = _pretrained_module()
+    if pretrained is None:
+        return {}
+    cat = getattr(pretrained, "CATALOGUE", None) or getattr(pretrained, "CATALOG", None) or {}
+    out = {}
+    for name, entry in dict(cat).items():
+        desc = getattr(entry, "description", None) or (entry.get("description") if isinstance(entry, dict) else None)
+        out[str(name)] = str(desc or name)
+    return out
+
+
+def pretrained_is_downloaded(name: str) -> bool:
+    """Whether a catalogue entry is already on disk (loading it then needs no network)."""
+    pretrained = _pretrained_module()
+    check = getattr(pretrained, "is_downloaded", None) if pretrained else None
+    if check is None:
+        return False
+    try:
+        return bool(check(name))
+    except Exception:  # a catalogue probe must never break the sidebar
+        return False
+
+
+def _file_stat(path: str) -> tuple[float, int]:
+    try:
+        st_ = os.stat(path)
+    except OSError:
+        raise CheckpointError(f"No checkpoint at {path}. Check the path, or pick another model.") from None
+    return st_.st_mtime, st_.st_size
+
+
+def load_model(key: str) -> LoadedModel:
+    """The model behind a picker key.
+
+    Raises:
+        CheckpointError: the file is missing, damaged or not a ViT we can read.
+    """
+    if key == "bundled":
+        if not BUNDLED_PATH.exists():
+            raise CheckpointError("The bundled CIFAR-10 model (assets/vit_cifar10.safetensors) is not installed.")
+        key = f"file:{BUNDLED_PATH}"
+        loaded = load_model(key)
+        loaded.key, loaded.label = "bundled", "Bundled: ViT on CIFAR-10"
+        return loaded
+    if key == "untrained":
+        return LoadedModel(
+            untrained_cifar_model(), "untrained-cifar:0", key, "Untrained CIFAR-sized ViT (random weights)", True
+        )
+    kind, _, name = key.partition(":")
+    if kind == "file":
+        mtime, size = _file_stat(name)
+        model = _load_file(name, mtime, size)
+        return LoadedModel(model, f"file:{name}:{mtime}:{size}", key, _file_label(name))
+    if kind == "session":
+        sm = st.session_state.get(_SESSION_MODELS, {}).get(name)
+        if sm is None:
+            raise CheckpointError(f"The session model {name!r} is gone (the browser session was restarted).")
+        return LoadedModel(sm.model, sm.model_id, key, f"Trained this session: {name}")
+    if kind == "pretrained":
+        return LoadedModel(_load_pretrained(name), f"pretrained:{name}", key, f"Pretrained: {name}")
+    raise CheckpointError(f"Unknown model choice {key!r}.")
+
+
+def _file_label(path: str) -> str:
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return p.name if p.parent == UPLOAD_DIR else str(p)
+
+
+def run_checkpoints() -> list[str]:
+    """Checkpoints the trainer left under runs/, newest first."""
+    if not RUNS_DIR.is_dir():
+        return []
+    files = [p for p in RUNS_DIR.glob("**/*.safetensors") if p.is_file()]
+    files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [str(p) for p in files[:12]]
+
+
+def model_options() -> dict[str, str]:
+    """Picker key -> label, in menu order; the first is the default."""
+    opts: dict[str, str] = {}
+    if BUNDLED_PATH.exists():
+        opts["bundled"] = "Bundled: ViT on CIFAR-10"
+    for path in run_checkpoints():
+        opts[f"file:{path}"] = f"Run: {_file_label(path)}"
+    opts["untrained"] = "Untrained CIFAR-sized ViT (random weights)"
+    for name in st.session_state.get(_SESSION_MODELS, {}):
+        opts[f"session:{name}"] = f"Trained this session: {name}"
+    opts.update(st.session_state.get(_EXTRA, {}))
+    return opts
+
+
+def _add_extra(key: str, label: str) -> None:
+    st.session_state.setdefault(_EXTRA, {})[key] = label
+
+
+def _try_select(key: str, label: str) -> bool:
+    """Load `key`; on success add it to the menu and select it, else keep the last good model."""
+    try:
+        load_model(key)
+    except CheckpointError as e:
+        st.session_state[_ERROR] = f"{e} The previous model is still in use."
+        return False
+    if key not in model_options():
+        _add_extra(key, label)
+    st.session_state[_PENDING] = key
+    return True
+
+
+def _on_upload_checkpoint() -> None:
+    up = st.session_state.get("model_upload")
+    if up is None:
+        return
+    data = up.getvalue()
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    suffix = Path(up.name).suffix.lower() or ".safetensors"
+    path = UPLOAD_DIR / f"{Path(up.name).stem}-{digest}{suffix}"
+    if not path.exists():
+        path.write_bytes(data)
+    _try_select(f"file:{path}", f"Uploaded: {up.name}")
+
+
+def _on_model_path() -> None:
+    raw = st.session_state.get("model_path", "").strip()
+    if not raw:
+        return
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = ROOT / path
+    _try_select(f"file:{path}", f"File: {raw}")
+
+
+def _on_pick() -> None:
+    """The picker changed: check the new model loads, or go back to the last good one."""
+    key = st.session_state.get(MODEL_KEY)
+    try:
+        load_model(key)
+    except CheckpointError as e:
+        st.session_state[_ERROR] = f"{e} The previous model is still in use."
+        st.session_state[MODEL_KEY] = st.session_state.get(_LAST_GOOD, next(iter(model_options())))
+
+
+def model_picker() -> LoadedModel:
+    """Draw the model picker in the sidebar and return the selected, loaded model.
+
+    A model that fails to load leaves the previous one in place with a short message.
+    """
+    opts = model_options()
+    pending = st.session_state.pop(_PENDING, None)
+    if pending is not None and pending in opts:
+        st.session_state[MODEL_KEY] = pending
+    if st.session_state.get(MODEL_KEY) not in opts:
+        st.session_state[MODEL_KEY] = next(iter(opts))
+    sb = st.sidebar
+    sb.selectbox("Model", list(opts), format_func=opts.get, key=MODEL_KEY, on_change=_on_pick)
+    if not BUNDLED_PATH.exists():
+        sb.caption("The bundled CIFAR-10 model is not installed yet: pick a run, or the untrained model.")
+    error = st.session_state.pop(_ERROR, None)
+    if error:
+        sb.error(error)
+    key = st.session_state[MODEL_KEY]
+    try:
+        loaded = load_model(key)
+    except CheckpointError as e:
+        sb.error(f"{e} Using the previous model.")
+        fallback = st.session_state.get(_LAST_GOOD, "untrained")
+        loaded = load_model(fallback if fallback != key else "untrained")
+    st.session_state[_LAST_GOOD] = loaded.key
+    _model_summary(loaded)
+    with sb.expander("More models: pretrained, upload, path"):
+        _more_models()
+    return loaded
+
+
+def _model_summary(loaded: LoadedModel) -> None:
+    info = describe(loaded.model)
+    gh, gw = info["grid"]
+    h, w = loaded.model.cfg.img_size
+    sb = st.sidebar
+    if loaded.untrained:
+        sb.warning("Untrained: random weights. Its predictions mean nothing; the shapes and maths are real.")
+    sb.caption(
+        f"{info['params'] / 1e6:.2f} M parameters · {h}x{w} input · patch {info['patch_size']} · "
+        f"grid {gh}x{gw} · {info['depth']} layers · {info['num_heads']} heads · D {info['embed_dim']} · "
+        f"{info['num_classes']} classes"
+    )
+
+
+def _more_models() -> None:
+    catalogue = pretrained_catalogue()
+    if catalogue:
+        name = st.selectbox(
+            "Pretrained catalogue", list(catalogue), format_func=lambda n: catalogue[n], key="pretrained_name"
+        )
+        have = pretrained_is_downloaded(name)
+        if st.button("Use it" if have else "Download and use", key="pretrained_go"):
+            _download_and_select(name, have)
+    else:
+        st.caption("The pretrained catalogue is not available in this installation.")
+    st.file_uploader(
+        "Upload a checkpoint (.safetensors, .pth, .bin)",
+        type=["safetensors", "pth", "pt", "bin"],
+        key="model_upload",
+        on_change=_on_upload_checkpoint,
+    )
+    st.text_input(
+        "…or a checkpoint path", key="model_path", on_change=_on_model_path, placeholder="runs/quick/best.safetensors"
+    )
+
+
+def _download_and_select(name: str, have: bool) -> None:
+    pretrained = _pretrained_module()
+    if not have and pretrained is not None and hasattr(pretrained, "download_pretrained"):
+        bar = st.progress(0.0, text=f"Downloading {name}...")
+
+        def progress(done: int, total: int) -> None:
+            frac = done / total if total else 0.0
+            bar.progress(
+                min(max(frac, 0.0), 1.0), text=f"Downloading {name}: {done / 2**20:.0f} / {total / 2**20:.0f} MB"
+            )
+
+        try:
+            pretrained.download_pretrained(name, progress=progress)
+        except Exception as e:  # no network, a proxy, a full disk: say so, keep the app going
+            bar.empty()
+            st.error(f"Could not download {name}: {str(e)[:160]}. Check the network connection, then try again.")
+            return
+        bar.empty()
+    if _try_select(f"pretrained:{name}", f"Pretrained: {name}"):
+        st.rerun()
+    else:
+        st.error(st.session_state.pop(_ERROR, "The model could not be loaded."))
