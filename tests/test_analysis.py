@@ -145,6 +145,24 @@ def test_embedding_pca_matches_loops_and_is_orthonormal(models, name):
 def test_embedding_pca_default_k_is_28_and_capped(models):
     assert A.embedding_filters_pca(models["wide_distill"]).shape == (28, 8, 8, 3)  # D = 32, C*P*P = 192
     assert A.embedding_filters_pca(models["avgpool"]).shape[0] == 16  # only D = 16 filters exist
+    comps, ratio = A.embedding_pca_components(models["avgpool"], 28)  # the 16th has zero variance
+    close(comps @ comps.T, np.eye(16), atol=1e-5)
+    assert float(ratio[-1]) < 1e-6
+
+
+def test_embedding_pca_cache_follows_the_weights():
+    model = make_model("square_cls", seed=3)
+    first, _ = A.embedding_pca_components(model, 4)
+    assert torch.equal(A.embedding_pca_components(model, 4)[0], first)  # cached, same answer
+    with torch.no_grad():
+        model.patch_embed.proj.weight.mul_(torch.linspace(0.5, 2.0, 16 * 3)[None].reshape(1, 3, 4, 4))
+    changed, _ = A.embedding_pca_components(model, 4)
+    assert torch.allclose(changed, A.embedding_pca_components(model, 4, use_cache=False)[0])
+    assert not torch.allclose(changed, first, atol=1e-3)
+    model.patch_embed.proj.weight.data[0, 0, 0, 0] += 5.0  # .data bypasses the version counter
+    assert torch.allclose(
+        A.embedding_pca_components(model, 4)[0], A.embedding_pca_components(model, 4, use_cache=False)[0]
+    )
 
 
 def test_raw_embedding_filters(models):
@@ -210,7 +228,7 @@ def test_mean_attention_distance_extremes():
 
 @pytest.mark.parametrize("B,L,H,grid,k,P", CASES)
 @pytest.mark.parametrize("fusion", ["mean", "max", "min"])
-@pytest.mark.parametrize("discard", [0.0, 0.4])
+@pytest.mark.parametrize("discard", [0.0, 0.4, 0.8])  # 0.8: the keep-the-largest path
 def test_rollout_matches_loops_and_rows_sum_to_one(B, L, H, grid, k, P, fusion, discard):
     att = random_attentions(B, L, H, k + grid[0] * grid[1], seed=3)
     start = 1 if L > 2 else 0
@@ -436,7 +454,8 @@ def test_token_pca_pads_components_that_cannot_exist():
     hs = planted_hidden_states(1, 1, 1 + 2, 8)  # two patches: one non-zero component at most
     coords = A.token_pca(hs, 0, 1, k=3)
     assert coords.shape == (1, 2, 3)
-    assert float(coords[..., 2:].abs().max()) < 1e-5
+    assert float(coords[..., 1:].abs().max()) < 1e-5  # centred, two points span one direction
+    assert float(coords[..., 0].abs().min()) > 1e-3
 
 
 # ----------------------------------------------------------------------------- what-ifs

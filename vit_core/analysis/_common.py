@@ -46,6 +46,8 @@ def class_row(matrix: Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> 
 def pca(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Principal components of the rows of `x`, batched over leading dims.
 
+    Computed by a symmetric eigendecomposition of the smaller of the covariance (f x f) and
+    the Gram matrix (m x m) of the centred samples, in float64 when that matrix is small.
     The sign of each component is fixed so that its entry of largest magnitude is positive,
     which makes the result deterministic (PCA alone defines components up to sign).
 
@@ -57,18 +59,29 @@ def pca(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         components (..., k', f) orthonormal rows, coordinates (..., m, k') of the centred
         samples, explained variance ratio (..., k'), with k' = min(k, m, f).
     """
-    xc = x - x.mean(dim=-2, keepdim=True)
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)  # vh (..., min(m,f), f)
-    k = min(k, vh.shape[-2])
-    comps = vh[..., :k, :]
+    m, f = x.shape[-2], x.shape[-1]
+    k = min(k, m, f)
+    work = torch.float64 if min(m, f) <= 256 else torch.float32
+    xc = (x - x.mean(dim=-2, keepdim=True)).to(work)
+    total = xc.square().sum(dim=(-2, -1))[..., None]  # (..., 1) total variance (times m)
+    if f <= m:
+        vals, vecs = torch.linalg.eigh(xc.transpose(-1, -2) @ xc)  # ascending
+        vals, comps = vals.flip(-1)[..., :k], vecs.flip(-1)[..., :k].transpose(-1, -2)
+    else:
+        vals, vecs = torch.linalg.eigh(xc @ xc.transpose(-1, -2))
+        vals, u = vals.flip(-1)[..., :k], vecs.flip(-1)[..., :k]  # (..., m, k)
+        comps = (xc.transpose(-1, -2) @ u).transpose(-1, -2)  # (..., k, f) = S V^T
+        # QR keeps the leading (well-defined) directions and makes any from a zero eigenvalue
+        # (k above the rank of the centred data) orthonormal to them instead of noise.
+        q, r = torch.linalg.qr(comps.transpose(-1, -2))  # q (..., f, k)
+        diag_sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+        comps = (q * torch.where(diag_sign == 0, torch.ones_like(diag_sign), diag_sign)[..., None, :]).transpose(-1, -2)
     peak = comps.abs().argmax(dim=-1, keepdim=True)
     sign = torch.sign(comps.gather(-1, peak))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    comps = comps * sign
-    var = s.square()
-    ratio = var[..., :k] / var.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(var.dtype).tiny)
+    comps = comps * torch.where(sign == 0, torch.ones_like(sign), sign)
+    ratio = vals.clamp_min(0) / total.clamp_min(torch.finfo(work).tiny)
     coords = xc @ comps.transpose(-1, -2)
-    return comps, coords, ratio
+    return comps.to(x.dtype), coords.to(x.dtype), ratio.to(x.dtype)
 
 
 def scale01(x: Tensor, dims: tuple[int, ...]) -> Tensor:

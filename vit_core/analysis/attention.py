@@ -51,9 +51,10 @@ def mean_attention_distance(
     check_tokens(attentions.shape[-1], grid, num_prefix_tokens)
     k = num_prefix_tokens
     a = attentions[..., k:, k:].float()  # (B, L, h, n, n)
-    a = a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
     dist = grid_distances(grid, a.device) * float(patch_size)
-    return (a * dist).sum(dim=-1).mean(dim=-1).mean(dim=0)
+    # sum_t (a / sum a) * dist, with the row renormalisation applied after the reduction
+    per_query = (a * dist).sum(dim=-1) / a.sum(dim=-1).clamp_min(torch.finfo(a.dtype).tiny)  # (B, L, h, n)
+    return per_query.mean(dim=-1).mean(dim=0)
 
 
 def fuse_heads(attentions: Tensor, head_fusion: str = "mean") -> Tensor:
@@ -100,11 +101,17 @@ def attention_rollout(
     if not 0 <= k <= N:
         raise ValueError(f"num_prefix_tokens {k} does not fit {N} tokens")
     a = fuse_heads(attentions[:, start_layer:].float(), head_fusion)  # (B, L', N, N)
-    n_drop = int(discard_ratio * (N - k))
+    n = N - k
+    n_drop = int(discard_ratio * n)
     if n_drop > 0:
         patch_cols = a[..., k:]
-        idx = patch_cols.topk(n_drop, dim=-1, largest=False).indices
-        a = torch.cat([a[..., :k], patch_cols.scatter(-1, idx, 0.0)], dim=-1)
+        if n_drop <= n // 2:
+            idx = patch_cols.topk(n_drop, dim=-1, largest=False).indices
+            patch_cols = patch_cols.scatter(-1, idx, 0.0)
+        else:  # cheaper to find the few that stay
+            idx = patch_cols.topk(n - n_drop, dim=-1, largest=True).indices
+            patch_cols = torch.zeros_like(patch_cols).scatter(-1, idx, patch_cols.gather(-1, idx))
+        a = torch.cat([a[..., :k], patch_cols], dim=-1)
     eye = torch.eye(N, device=a.device, dtype=a.dtype)
     a = 0.5 * a + 0.5 * eye
     a = a / a.sum(dim=-1, keepdim=True)  # keepdim: each row by its own sum
@@ -263,11 +270,15 @@ def head_computation(
         the output projection.
     """
     blk = model.blocks[layer]
-    x = trace.hidden_states[batch_index, layer].to(blk.norm1.weight.dtype)  # (N, D)
-    qkv = blk.attn.qkv(blk.norm1(x))
-    q, k, v = rearrange(qkv, "n (three h d) -> three h n d", three=3, h=blk.attn.num_heads)[:, head].unbind(0)
-    d = q.shape[-1]
-    qv = q[query]
+    x = blk.norm1(trace.hidden_states[batch_index, layer].to(blk.norm1.weight.dtype))  # (N, D)
+    # Only this head's rows of the fused qkv weight, laid out (three h d) as in Attention.
+    w = rearrange(blk.attn.qkv.weight, "(three h d) D -> three h d D", three=3, h=blk.attn.num_heads)[:, head]
+    bias = blk.attn.qkv.bias
+    b = None if bias is None else rearrange(bias, "(three h d) -> three h d", three=3, h=blk.attn.num_heads)[:, head]
+    qv = F.linear(x[query], w[0], None if b is None else b[0])  # (d,)
+    k = F.linear(x, w[1], None if b is None else b[1])  # (N, d)
+    v = F.linear(x, w[2], None if b is None else b[2])  # (N, d)
+    d = qv.shape[-1]
     scores = (k @ qv) / d**0.5
     weights = F.softmax(scores.float(), dim=-1)
     output = weights @ v.float()
