@@ -553,3 +553,16 @@ def test_no_hard_coded_imagenet_grid_in_the_library():
         text = path.read_text()
         for literal in ("14", "196", "197", "224"):
             assert f" {literal}" not in text and f"({literal}" not in text, f"{literal} in {path.name}"
+
+
+def test_maps_without_prefix_tokens_use_the_patch_row_mean(models):
+    """With no class token (average pooling) the maps average the patch rows."""
+    model = models["avgpool"]
+    x = image_for(model)
+    trace = model.trace(x, target=1)
+    grid, att = trace.grid, trace.attentions
+    joint = torch.tensor(ref.rollout(att.tolist(), k=0))
+    close(A.rollout_cls_map(att, grid, 0), joint.mean(1).reshape(2, *grid))
+    rel = torch.tensor(ref.chefer(att.tolist(), trace.attention_grads.tolist()))
+    close(A.class_attention_map_from_trace(trace), rel.mean(1).reshape(2, *grid), rtol=1e-4, atol=1e-5)
+    close(A.last_layer_heads(att, grid, 0), att[:, -1].mean(2).reshape(2, -1, *grid))

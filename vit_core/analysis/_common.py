@@ -33,6 +33,8 @@ def class_row(matrix: Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> 
         grid: (gh, gw).
         num_prefix_tokens: k; with k = 0 (no class token, average pooling) the mean of the
             patch rows is used, since the pooled output is the mean of the patch tokens.
+            (A model with a class token but `global_pool="avg"` still gets row 0 here,
+            although its head reads the patch mean.)
 
     Returns:
         (B, gh, gw): `matrix[:, 0, k:]` (or the patch-row mean) on the patch grid.
