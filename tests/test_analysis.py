@@ -566,3 +566,19 @@ def test_maps_without_prefix_tokens_use_the_patch_row_mean(models):
     rel = torch.tensor(ref.chefer(att.tolist(), trace.attention_grads.tolist()))
     close(A.class_attention_map_from_trace(trace), rel.mean(1).reshape(2, *grid), rtol=1e-4, atol=1e-5)
     close(A.last_layer_heads(att, grid, 0), att[:, -1].mean(2).reshape(2, -1, *grid))
+
+
+def test_views_work_under_inference_mode():
+    """The app may call everything inside torch.inference_mode(), model loaded there too."""
+    with torch.inference_mode():
+        model = make_model("wide_distill")
+        x = image_for(model)
+        trace = model.trace(x)
+        grid, k = trace.grid, trace.num_prefix_tokens
+        assert A.embedding_filters_pca(model, 4).shape == (4, 8, 8, 3)
+        assert A.position_similarity(model).shape == (*grid, *grid)
+        assert A.rollout_cls_map(trace.attentions, grid, k, discard_ratio=0.5).shape == (2, *grid)
+        assert A.logit_lens(model, trace).shape == (2, 4, 10)
+        assert A.head_computation(model, trace, 0, 0, 0)["weights"].shape == (k + 15,)
+        assert A.occlude_patches(model, x, [0], "drop").shape == (2, 10)
+        assert A.shuffle_patches(model, x)[0].shape == (2, 10)

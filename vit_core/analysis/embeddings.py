@@ -38,7 +38,11 @@ def _weights_fingerprint(w: Tensor) -> tuple:
     """Changes whenever the weight does: in-place version counter plus a float64 checksum
     (the checksum also catches edits through `.data`, which bypass the counter)."""
     w64 = w.detach().double()
-    return (w._version, tuple(w.shape), str(w.dtype), str(w.device), float(w64.sum()), float(w64.square().sum()))
+    try:
+        version = w._version
+    except RuntimeError:  # inference tensors keep no version counter; the checksum still works
+        version = -1
+    return (version, tuple(w.shape), str(w.dtype), str(w.device), float(w64.sum()), float(w64.square().sum()))
 
 
 @torch.no_grad()
