@@ -11,6 +11,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the original JAX ViTs and Hugging Face's ViT defaults
+IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
+CROP_MODES = ("center", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
 
 @dataclass
@@ -37,8 +41,9 @@ class ViTConfig:
     # Preprocessing: how a user's image becomes the model's input tensor.
     mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel mean subtracted after scaling to [0, 1]
     std: tuple[float, ...] = IMAGENET_STD  # per-channel std divided by
-    interpolation: str = "bicubic"  # resize filter: "bicubic", "bilinear" or "nearest"
-    crop_pct: float = 0.9  # resize the shorter side to img_size / crop_pct, then center-crop
+    interpolation: str = "bicubic"  # resize filter: "bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"
+    crop_pct: float = 0.9  # share of the resized image kept by the center crop, in (0, 1]
+    crop_mode: str = "center"  # timm's eval crop: "center" keeps the aspect ratio, "squash" does not
     name: str = "vit"  # a short human name for menus
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance
 
@@ -54,6 +59,12 @@ class ViTConfig:
             raise ValueError(f"global_pool must be 'token' or 'avg', not {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], not {self.crop_pct}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, not {self.crop_mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -67,13 +78,16 @@ class ViTConfig:
 
     @property
     def head_dim(self) -> int:
+        """Width d = D / h of one attention head."""
         return self.embed_dim // self.num_heads
 
     @property
     def use_fc_norm(self) -> bool:
+        """True when the final norm is applied after pooling (timm's `fc_norm`)."""
         return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict that `from_dict` turns back into an equal config."""
         d = dataclasses.asdict(self)
         d["img_size"] = list(self.img_size)
         d["mean"] = list(self.mean)
@@ -81,10 +95,12 @@ class ViTConfig:
         return d
 
     def to_json(self) -> str:
+        """`to_dict` as a JSON string (keys sorted)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        """Inverse of `to_dict`; unknown fields are an error rather than silently dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -148,7 +148,10 @@ def resample_pos_embed(
         raise ValueError(f"position embedding has {patches.shape[1]} patch rows, not {gh}x{gw}")
     patches = rearrange(patches, "1 (gh gw) d -> 1 d gh gw", gh=gh, gw=gw)
     orig_dtype = patches.dtype
-    patches = F.interpolate(patches.float(), size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
+    work_dtype = orig_dtype if orig_dtype in (torch.float32, torch.float64) else torch.float32  # no half bicubic
+    patches = F.interpolate(
+        patches.to(work_dtype), size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False
+    )
     patches = rearrange(patches.to(orig_dtype), "1 d gh gw -> 1 (gh gw) d")
     return torch.cat([prefix, patches], dim=1)
 
@@ -250,6 +253,10 @@ class VisionTransformer(nn.Module):
             target: class index (or (B,) indices); when given, `attention_grads` holds the
                 gradient of that logit with respect to every layer's attention map.
         """
+        if target is not None and torch.is_inference_mode_enabled():
+            # Gradients cannot flow through inference tensors; leave inference mode for this call.
+            with torch.inference_mode(False):
+                return self.trace(x.clone(), target if not isinstance(target, Tensor) else target.clone())
         with torch.set_grad_enabled(target is not None):
             tokens, patches, grid = self.embed(x)
             hidden, attns = [tokens], []

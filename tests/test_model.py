@@ -1,0 +1,207 @@
+"""The model: fast and observed paths agree, match an independent implementation, and the
+class-specific gradients are right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.vit_reference import reference_forward
+from vit_core import VisionTransformer, ViTConfig, describe, resample_pos_embed
+
+# Small configs covering what real ViTs carry (tokens, pooling, LayerScale, biases, sizes).
+CONFIGS = {
+    "plain": {},
+    "dist_token": {"distill_token": True},
+    "registers": {"reg_tokens": 4},
+    "registers_no_embed_class": {"reg_tokens": 2, "no_embed_class": True},
+    "avg_pool_fc_norm": {"class_token": False, "global_pool": "avg"},
+    "cls_avg_pool_fc_norm": {"global_pool": "avg", "fc_norm": True},
+    "layer_scale": {"init_values": 0.1},
+    "no_qkv_bias": {"qkv_bias": False},
+    "non_square": {"img_size": (24, 40)},
+    "features_only": {"num_classes": 0},
+}
+
+
+def make_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: object) -> VisionTransformer:
+    """A small ViT with every parameter random (the default init leaves biases and tokens ~0)."""
+    kw = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, num_classes=7, mlp_ratio=2.0)
+    kw.update(overrides)
+    model = VisionTransformer(ViTConfig(**kw))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = 1.0 if name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "gamma")) else 0.0
+            p.copy_(base + 0.3 * torch.randn(p.shape, generator=g))
+    return model.eval().to(dtype)
+
+
+def test_default_init_is_timm_like() -> None:
+    model = VisionTransformer(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3))
+    assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.5)
+    assert model.blocks[0].attn.qkv.bias.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fast_and_trace_agree(name: str) -> None:
+    model = make_model(**CONFIGS[name])
+    cfg = model.cfg
+    H, W = cfg.img_size
+    x = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = model(x)
+    tr = model.trace(x)
+    gh, gw = H // 8, W // 8
+    N = cfg.num_prefix_tokens + gh * gw
+    out_dim = cfg.num_classes or cfg.embed_dim
+    assert fast.shape == tr.logits.shape == (2, out_dim)
+    torch.testing.assert_close(tr.logits, fast, atol=1e-5, rtol=0)
+    assert tr.attentions.shape == (2, cfg.depth, cfg.num_heads, N, N)
+    assert tr.hidden_states.shape == (2, cfg.depth + 1, N, cfg.embed_dim)
+    assert tr.grid == (gh, gw) and tr.num_prefix_tokens == cfg.num_prefix_tokens
+    torch.testing.assert_close(tr.attentions.sum(-1), torch.ones(2, cfg.depth, cfg.num_heads, N), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        features = model.forward_features(x)
+    # Un-normed (fc_norm) residual streams grow large with random weights: compare relative to scale.
+    err = (model.norm(tr.hidden_states[:, -1]) - features).abs().max()
+    assert err <= 1e-5 * features.abs().max().clamp(min=1.0)
+
+
+@pytest.mark.parametrize("name", ["plain", "dist_token", "registers_no_embed_class", "avg_pool_fc_norm", "layer_scale"])
+def test_matches_independent_implementation(name: str) -> None:
+    """Our model against a functional ViT written from the paper, in float64."""
+    model = make_model(dtype=torch.float64, **CONFIGS[name])
+    cfg = model.cfg
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    record: list[torch.Tensor] = []
+    ref = reference_forward(
+        model.state_dict(),
+        x,
+        num_heads=cfg.num_heads,
+        global_pool=cfg.global_pool,
+        no_embed_class=cfg.no_embed_class,
+        eps=cfg.layer_norm_eps,
+        record=record,
+    )
+    tr = model.trace(x)
+    torch.testing.assert_close(tr.logits, ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(tr.attentions, torch.stack(record, 1), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(48, 24), (16, 16), (40, 56)])
+def test_other_input_sizes_resample_positions(size: tuple[int, int]) -> None:
+    model = make_model(reg_tokens=1, dtype=torch.float64)
+    H, W = size
+    x = torch.randn(1, 3, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        fast = model(x)
+    tr = model.trace(x)
+    torch.testing.assert_close(tr.logits, fast, atol=1e-10, rtol=0)
+    assert tr.grid == (H // 8, W // 8)
+    # Independently: the patch rows of pos_embed as a 4x4 image, resized bicubic with antialias
+    # (timm's resample_abs_pos_embed); the two prefix rows (class, register) are kept as they are.
+    pe = model.pos_embed.detach()
+    grid_img = pe[0, 2:].T.reshape(1, -1, 4, 4)
+    patches = F.interpolate(grid_img, size=(H // 8, W // 8), mode="bicubic", antialias=True, align_corners=False)
+    expected = torch.cat([pe[:, :2], patches.reshape(1, pe.shape[-1], -1).transpose(1, 2)], dim=1)
+    torch.testing.assert_close(model.pos_embed_for((H // 8, W // 8)).detach(), expected)
+    ref = reference_forward(model.state_dict(), x, num_heads=4, pos_embed=expected)
+    torch.testing.assert_close(tr.logits, ref, atol=1e-10, rtol=0)
+
+
+def test_resample_pos_embed_invariants() -> None:
+    pe = torch.randn(1, 1 + 16, 8)
+    assert resample_pos_embed(pe, (4, 4), (4, 4), 1) is pe
+    const = torch.cat([torch.randn(1, 1, 8), torch.ones(1, 16, 8) * 3.0], dim=1)
+    out = resample_pos_embed(const, (6, 3), (4, 4), 1)
+    assert out.shape == (1, 1 + 18, 8)
+    torch.testing.assert_close(out[:, 0], const[:, 0])
+    torch.testing.assert_close(out[:, 1:], torch.full((1, 18, 8), 3.0))
+    with pytest.raises(ValueError):
+        resample_pos_embed(pe, (2, 2), (5, 5), 1)
+
+
+def test_input_not_multiple_of_patch_is_refused() -> None:
+    model = make_model()
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        model(torch.randn(1, 3, 30, 32))
+
+
+@pytest.mark.parametrize("name", ["plain", "dist_token", "avg_pool_fc_norm"])
+def test_attention_gradients_match_independent_autograd(name: str) -> None:
+    """d logit[c] / d A[l] from trace(target=c) against the reference forward, where a zero
+    offset added after each softmax carries the same gradient, plus a finite difference."""
+    model = make_model(dtype=torch.float64, **CONFIGS[name])
+    cfg = model.cfg
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    target = torch.tensor([3, 5])
+    tr = model.trace(x, target=target)
+    N = tr.attentions.shape[-1]
+    kwargs = dict(num_heads=cfg.num_heads, global_pool=cfg.global_pool, no_embed_class=cfg.no_embed_class)
+    sd = model.state_dict()
+
+    def score(offsets: list[torch.Tensor]) -> torch.Tensor:
+        logits = reference_forward(sd, x, attn_offsets=offsets, **kwargs)
+        return logits.gather(1, target[:, None]).sum()
+
+    offsets = [torch.zeros(2, cfg.num_heads, N, N, dtype=torch.float64, requires_grad=True) for _ in range(cfg.depth)]
+    grads = torch.autograd.grad(score(offsets), offsets)
+    assert tr.attention_grads is not None and tr.attention_grads.shape == tr.attentions.shape
+    torch.testing.assert_close(tr.attention_grads, torch.stack(grads, 1), atol=1e-10, rtol=1e-8)
+    assert tr.target.tolist() == [3, 5]
+    # Central finite differences on a few entries, for a check that involves no autograd at all.
+    h = 1e-6
+    for layer, b, head, q, k in [(0, 0, 1, 0, 2), (cfg.depth - 1, 1, 3, 0, 5), (1, 0, 0, 7, 0)]:
+        plus = [torch.zeros(2, cfg.num_heads, N, N, dtype=torch.float64) for _ in range(cfg.depth)]
+        minus = [p.clone() for p in plus]
+        plus[layer][b, head, q, k] = h
+        minus[layer][b, head, q, k] = -h
+        with torch.no_grad():
+            fd = (score(plus) - score(minus)) / (2 * h)
+        assert tr.attention_grads[b, layer, head, q, k].item() == pytest.approx(fd.item(), abs=1e-6, rel=1e-5)
+
+
+def test_trace_target_int_and_inference_mode() -> None:
+    model = make_model()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    a = model.trace(x, target=2)
+    assert a.target.tolist() == [2, 2, 2]
+    with torch.inference_mode():
+        b = model.trace(x, target=2)
+    torch.testing.assert_close(a.attention_grads, b.attention_grads)
+    plain = model.trace(x)
+    assert plain.attention_grads is None and not plain.attentions.requires_grad
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_class_names_travel_with_the_model() -> None:
+    cfg = ViTConfig(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    assert VisionTransformer(cfg, ["a", "b", "c"]).class_names == ["a", "b", "c"]
+    assert VisionTransformer(cfg).class_names == ["class 0", "class 1", "class 2"]
+    with pytest.raises(ValueError):
+        VisionTransformer(cfg, ["a", "b"])
+
+
+def test_describe_counts_tokens_and_parameters() -> None:
+    model = make_model(distill_token=True)
+    d = describe(model)
+    assert d["tokens"] == 2 + 16 and d["grid"] == (4, 4)
+    assert d["params"] == sum(p.numel() for p in model.parameters())
+    assert 0 < d["attention_flops_share"] < 1
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = ViTConfig(img_size=(32, 48), patch_size=8, embed_dim=16, num_heads=2, crop_mode="squash", reg_tokens=2)
+    assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (
+        {"embed_dim": 30, "num_heads": 4},
+        {"img_size": 30},
+        {"crop_pct": 1.5},
+        {"crop_mode": "zoom"},
+        {"interpolation": "cubic"},
+        {"class_token": False},
+    ):
+        with pytest.raises(ValueError):
+            ViTConfig(**{"img_size": 32, "patch_size": 8, **bad})
