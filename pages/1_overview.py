@@ -1,0 +1,105 @@
+"""Overview: the five steps of a ViT with the live shapes of the chosen model, and the prediction."""
+
+import streamlit as st
+
+import vit_plots as vp
+from ui import compute
+from ui.page import chart, header, prediction_line
+from ui.session import current
+
+cur = current()
+header(
+    "How a Vision Transformer sees an image",
+    "A Vision Transformer (ViT, Dosovitskiy et al. 2020) reads an image the way a language Transformer "
+    "reads a sentence: it cuts the image into square **patches**, turns each patch into a vector (a "
+    "**token**), lets every token look at every other token through **self-attention** for a number of "
+    "layers, and reads the answer off one extra token, **[CLS]**. There is no convolution stack: apart "
+    "from the first projection, the network never sees pixels as a grid again. Below are the five steps "
+    "with the real tensor shapes of the model in the sidebar.",
+)
+prediction_line(cur)
+
+cfg, (gh, gw), P, k = cur.cfg, cur.grid, cur.patch_size, cur.num_prefix
+C, D, L, h = cfg.in_chans, cfg.embed_dim, cur.num_layers, cfg.num_heads
+n, N = cur.num_patches, cur.num_tokens
+H, W = cur.prep.x.shape[-2:]
+params = compute.stage_params(cur.model, cur.model_id)
+prefix = "[CLS]" if k == 1 else f"{k} prefix tokens"
+stages = [
+    vp.Stage("Input", f"{C} x {H} x {W}", "resized, cropped, normalised", "no parameters"),
+    vp.Stage("1. Patches", f"{n} x {C * P * P}", f"{gh}x{gw} patches of {C}x{P}x{P}, flattened", "no parameters"),
+    vp.Stage("2. Embed", f"{n} x {D}", "the same Linear map on every patch", f"{params['patch_embed']:,} parameters"),
+    vp.Stage(
+        "3. + CLS, + positions",
+        f"{N} x {D}",
+        f"prepend {prefix}, add position vectors",
+        f"{params['tokens']:,} parameters",
+    ),
+    vp.Stage("4. Encoder", f"{N} x {D}", f"{L} blocks: {h}-head attention + MLP", f"{params['blocks']:,} parameters"),
+    vp.Stage("5. Head", f"{cfg.num_classes} classes", "LayerNorm + Linear on [CLS]", f"{params['head']:,} parameters"),
+]
+chart(vp.pipeline_figure(stages), key="pipeline")
+st.caption(
+    f"{params['total']:,} parameters in all; one encoder block has {params['block']:,}. "
+    f"Every block keeps the shape {N} x {D}: attention mixes information between tokens, the MLP works on each token alone."
+)
+
+st.latex(
+    r"z_0 = [\,x_\text{class};\; x_p^1 E;\; \dots;\; x_p^{" + str(n) + r"} E\,] + E_\text{pos},\quad "
+    r"z_\ell = z'_\ell + \mathrm{MLP}(\mathrm{LN}(z'_\ell)),\; z'_\ell = z_{\ell-1} + \mathrm{MSA}(\mathrm{LN}(z_{\ell-1})),\quad "
+    r"y = \mathrm{Head}(\mathrm{LN}(z_L^0))"
+)
+
+st.subheader("What the model is given: preprocessing")
+st.markdown(
+    "The model was trained on images of one size, so every picture is first **resized** (shorter side), "
+    "**centre-cropped** to that size, scaled to [0, 1] and **normalised** per colour channel with the "
+    "training set's mean and standard deviation. The dashed box shows the part of your image the model sees."
+)
+c1, c2, c3 = st.columns([3, 2, 2])
+with c1:
+    chart(
+        vp.crop_figure(
+            cur.prep.thumbnail,
+            cur.prep.crop_box,
+            title=f"original {cur.prep.original_size[0]}x{cur.prep.original_size[1]}",
+        ),
+        key="crop",
+    )
+with c2:
+    chart(vp.image_figure(cur.prep.resized, title=f"resized + cropped: {W}x{H}"), key="resized")
+with c3:
+    st.markdown("**normalised** (per channel)")
+    st.latex(r"x' = \frac{x/255 - \mu}{\sigma}")
+    st.dataframe(
+        {
+            "channel": ["R", "G", "B"][:C],
+            "mean μ": list(cfg.mean)[:C],
+            "std σ": list(cfg.std)[:C],
+            "input min": cur.prep.x[0].amin((1, 2)).tolist(),
+            "input max": cur.prep.x[0].amax((1, 2)).tolist(),
+        },
+        hide_index=True,
+    )
+    st.caption(f"interpolation {cfg.interpolation}, crop share {cfg.crop_pct:g}, crop mode {cfg.crop_mode}")
+
+st.subheader("The prediction")
+k_top = min(5, cfg.num_classes)
+chart(vp.topk_figure(cur.prep.probs, cur.class_names, k=k_top), key="topk")
+st.caption(
+    "Softmax of the head's output. The Prediction page shows how this answer forms layer by layer and what happens when you hide patches."
+)
+
+st.subheader("Where to next")
+cols = st.columns(5)
+for col, (path, label) in zip(
+    cols,
+    [
+        ("pages/2_patches.py", "Patches: cutting the image"),
+        ("pages/3_embeddings.py", "Embeddings: patches to vectors"),
+        ("pages/4_positions.py", "Positions: where is a patch?"),
+        ("pages/5_attention.py", "Attention: who looks at whom"),
+        ("pages/6_prediction.py", "Prediction: how the answer forms"),
+    ],
+):
+    col.page_link(path, label=label)

@@ -1,0 +1,207 @@
+"""Attention: any layer, head and query; all heads; one head step by step; rollout; class maps; distance; entropy."""
+
+import numpy as np
+import streamlit as st
+
+import vit_plots as vp
+from ui import compute
+from ui.page import chart, clickable_chart, header, keep_in, prediction_line
+from ui.session import current
+
+cur = current()
+(gh, gw), P, k = cur.grid, cur.patch_size, cur.num_prefix
+n, N, L, h = cur.num_patches, cur.num_tokens, cur.num_layers, cur.num_heads
+d = cur.cfg.embed_dim // h
+labels = vp.token_labels(k, n)
+header(
+    "Step 4: attention, who looks at whom",
+    f"In every encoder block each of the {N} tokens sends a **query**, and every token offers a **key** and a "
+    f"**value**. A query's attention is a softmax over its dot products with all keys: a set of weights that sum "
+    f"to 1. The token's update is the weighted sum of the values. Each of the {h} **heads** does this with its own "
+    f"projections (head width d = {d}), so different heads can look for different things.",
+)
+prediction_line(cur)
+st.latex(
+    r"\mathrm{Attention}(Q,K,V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}}\right)V,\qquad A \in \mathbb{R}^{"
+    + f"{N}\\times{N}"
+    + r"} \text{ per head}"
+)
+
+keep_in("attn_layer", range(1, L + 1), L)
+keep_in("attn_head", ["mean", *range(h)], "mean")
+keep_in("attn_query", range(N), 0)
+keep_in("roll_start", range(1, L + 1), 1)
+st.session_state.setdefault("attn_layer", L)
+st.session_state.setdefault("attn_head", "mean")
+st.session_state.setdefault("attn_query", 0)
+
+
+def _query_patch(p: int) -> None:
+    st.session_state["attn_query"] = k + p
+
+
+c1, c2, c3 = st.columns([2, 1, 1])
+layer = c1.slider("Layer", 1, L, key="attn_layer")
+head = c2.selectbox(
+    "Head",
+    ["mean", *range(h)],
+    key="attn_head",
+    format_func=lambda x: "mean of all heads" if x == "mean" else f"head {x}",
+)
+query = c3.selectbox(
+    "Query token",
+    list(range(N)),
+    key="attn_query",
+    format_func=lambda i: labels[i],
+    help="Or click a patch on the image.",
+)
+
+A = cur.attention(layer - 1)  # (heads, N, N)
+row = A.mean(0)[query] if head == "mean" else A[head, query]
+qpatch = query - k if query >= k else None
+where = (
+    "the class token [CLS]"
+    if query == 0 and k
+    else (f"patch {qpatch} (row {qpatch // gw}, column {qpatch % gw})" if qpatch is not None else labels[query])
+)
+st.markdown(f"**Query: {labels[query]}** · layer {layer} · {'mean of all heads' if head == 'mean' else f'head {head}'}")
+
+c1, c2 = st.columns([1, 1])
+with c1:
+    st.markdown(f"Where {where} looks. Click any patch to make it the query.")
+    clickable_chart(
+        vp.overlay_figure(
+            cur.prep.display,
+            row[k:].reshape(gh, gw),
+            cur.grid,
+            P,
+            colorbar_title="attention",
+            value_name="attention",
+            vmin=0,
+            selected=qpatch,
+            height=430,
+        ),
+        key="attn_image",
+        on_patch=_query_patch,
+    )
+    if k:
+        st.caption(f"Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1).")
+with c2:
+    st.markdown(f"All {h} heads of layer {layer} for the same query (each tile scaled to its own maximum):")
+    chart(
+        vp.heads_figure(A[:, query, k:].reshape(h, gh, gw), query=qpatch, height=430 if h <= 6 else None),
+        key="attn_heads",
+    )
+
+st.subheader("One head, step by step")
+step_head = 0 if head == "mean" else int(head)
+steps = compute.head_steps(cur.model, cur.model_id, cur.prep, cur.image_key, layer - 1, step_head, query)
+st.markdown(
+    f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
+    f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
+    f"softmax, ③ the values are summed with those weights."
+)
+chart(vp.head_steps_figure(steps["scores"], steps["weights"], steps["output"], cur.grid, k), key="attn_steps")
+top = np.argsort(-steps["weights"], kind="stable")[:5]
+s_max = float(steps["scores"].max())
+denom = float(np.exp(steps["scores"] - s_max).sum())
+st.dataframe(
+    {
+        "key token": [labels[j] for j in top],
+        "score q·k/√d": [f"{steps['scores'][j]:.3f}" for j in top],
+        "exp(score − max)": [f"{np.exp(steps['scores'][j] - s_max):.4f}" for j in top],
+        "weight": [f"{steps['weights'][j]:.4f}" for j in top],
+    },
+    hide_index=True,
+)
+j0 = int(top[0])
+st.latex(
+    r"w_{\text{"
+    + labels[j0]
+    + r"}} = \frac{e^{"
+    + f"{steps['scores'][j0]:.2f}"
+    + r"}}{\sum_j e^{s_j}} = \frac{"
+    + f"{np.exp(steps['scores'][j0] - s_max):.4f}"
+    + "}{"
+    + f"{denom:.4f}"
+    + "} = "
+    + f"{steps['weights'][j0]:.4f}"
+    + r"\quad(\text{scores shifted by their max } "
+    + f"{s_max:.2f}"
+    + r"\text{ for stability})"
+)
+
+st.subheader("Attention rollout: follow attention through all layers")
+st.markdown(
+    "One layer's attention says little about the input: after the first block every token already mixes "
+    "information from others. **Rollout** (Abnar & Zuidema 2020) multiplies the layers' attention, adding the "
+    "residual connection as an identity, to estimate how much each input patch flows into [CLS] at the end "
+    "(the ViT paper's Figure 6). Discarding the weakest weights per row sharpens the map; starting later skips "
+    "the first layers."
+)
+st.latex(
+    r"\hat A_\ell = \mathrm{norm}\!\left(\tfrac12\,\mathrm{fuse}_\text{heads}(A_\ell) + \tfrac12 I\right),\qquad J = \hat A_{L}\cdots\hat A_{\text{start}},\qquad \text{map} = J_{\text{CLS},\,\text{patches}}"
+)
+c1, c2 = st.columns([1, 2])
+with c1:
+    fusion = st.radio("Head fusion", ["mean", "max", "min"], horizontal=True, key="roll_fusion")
+    discard = st.slider(
+        "Discard ratio",
+        0.0,
+        0.95,
+        0.0,
+        0.05,
+        key="roll_discard",
+        help="Share of the weakest patch weights set to 0 in each row, per layer.",
+    )
+    start = st.slider("Start layer", 1, L, 1, key="roll_start")
+with c2:
+    roll = compute.rollout(cur.prep, cur.model_id, cur.image_key, fusion, float(discard), int(start) - 1)
+    chart(
+        vp.overlay_figure(
+            cur.prep.display, roll, cur.grid, P, colorbar_title="rollout", value_name="rollout", vmin=0, height=400
+        ),
+        key="roll_map",
+    )
+
+st.subheader("Class-specific map: what speaks for one class")
+st.markdown(
+    "Rollout ignores which class you ask about. **Chefer et al. (2021)** weight each layer's attention by its "
+    "gradient with respect to one class's logit, keep the positive part, and accumulate across layers. Choose "
+    "a class to see which patches raise *its* score."
+)
+st.latex(
+    r"\bar A_\ell = \mathbb{E}_\text{heads}\!\left[\left(\nabla_{A_\ell} y_c \odot A_\ell\right)^+\right],\qquad R \leftarrow R + \bar A_\ell R,\quad R_0 = I"
+)
+classes = list(range(len(cur.class_names)))
+order = list(vp.top_k(cur.prep.probs, len(classes)))
+keep_in("chefer_class", classes, order[0])
+target = st.selectbox(
+    "Class",
+    order,
+    key="chefer_class",
+    format_func=lambda c: f"{cur.class_names[c]} ({cur.prep.probs[c] * 100:.1f}%)",
+    help="Sorted by the model's probability.",
+)
+cmap = compute.class_map(cur.model, cur.model_id, cur.prep, cur.image_key, int(target))
+chart(
+    vp.overlay_figure(
+        cur.prep.display, cmap, cur.grid, P, colorbar_title="relevance", value_name="relevance", height=400
+    ),
+    key="chefer_map",
+)
+
+st.subheader("How far does each head look?")
+hm = compute.head_maps(cur.prep, cur.model_id, cur.image_key)
+st.markdown(
+    "**Mean attention distance**: for each head, the average distance in pixels between a query patch and the "
+    "patches it attends to, weighted by attention (the ViT paper's Figure 7 right, here for this one image). "
+    "A CNN's early layers can only look locally; a ViT's early layers already mix heads that look near and far."
+)
+st.latex(r"\text{MAD} = \frac1n\sum_q \sum_t A_{qt}\,\lVert \mathrm{pos}_q - \mathrm{pos}_t \rVert \cdot P")
+chart(vp.mean_distance_figure(hm["distance"], image_extent=float(max(cur.prep.x.shape[-2:]))), key="attn_distance")
+st.markdown(
+    "**Entropy** of each head's attention, averaged over queries: 0 means each query looks at one token, log N (uniform) means it looks everywhere equally."
+)
+st.latex(r"H = -\frac1N\sum_q\sum_t A_{qt}\log A_{qt},\qquad \log N = " + f"{np.log(N):.2f}")
+chart(vp.entropy_figure(hm["entropy"], max_entropy=float(np.log(N))), key="attn_entropy")

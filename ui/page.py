@@ -1,0 +1,63 @@
+"""Small shared pieces of page layout: headers, the prediction line, clickable charts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from .session import Current
+
+PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"]}
+
+
+def header(title: str, intro: str) -> None:
+    """Page title and a few sentences on what the page shows."""
+    st.title(title)
+    st.markdown(intro)
+
+
+def prediction_line(cur: Current) -> None:
+    """One line: the model's prediction for the current image (with a warning for random weights)."""
+    text = f"**Prediction:** {cur.prediction_text()} · model: {cur.loaded.label} · image: {cur.image.name}"
+    if cur.loaded.untrained:
+        st.warning(text + " — random weights, so the prediction means nothing yet.")
+    else:
+        st.info(text)
+
+
+def chart(fig: go.Figure, key: str | None = None) -> None:
+    """A plotly figure at full width with a quiet mode bar."""
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
+
+
+def clicked_patch(chart_key: str) -> int | None:
+    """The patch index (customdata[0]) of the point last clicked in a chart, or None."""
+    state = st.session_state.get(chart_key)
+    try:
+        points = state["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points:
+        cd = p.get("customdata")
+        if cd is not None and len(cd) >= 1:
+            return int(round(float(cd[0])))
+    return None
+
+
+def clickable_chart(fig: go.Figure, key: str, on_patch: Callable[[int], None]) -> None:
+    """A chart whose invisible patch markers report clicks: `on_patch(patch_index)` runs before the rerun."""
+
+    def _cb() -> None:
+        patch = clicked_patch(key)
+        if patch is not None:
+            on_patch(patch)
+
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key, on_select=_cb, selection_mode="points")
+
+
+def keep_in(key: str, allowed, default) -> None:
+    """Reset a widget's stored value when it is no longer allowed (e.g. another model has fewer layers)."""
+    if key in st.session_state and st.session_state[key] not in allowed:
+        st.session_state[key] = default
