@@ -64,8 +64,10 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes]) -> Image.Image:
             return _to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"The image is too large to open safely ({e}).") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"The image is too large to open safely (a possible decompression bomb); the limit is {MAX_PIXELS / 1e6:.0f} MP."
+        ) from None
     except UnidentifiedImageError:
         raise ImageError("This is not an image file Pillow can read (png, jpg, webp, bmp, gif, tiff).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
