@@ -26,17 +26,25 @@ H, W = cur.prep.x.shape[-2:]
 params = compute.stage_params(cur.model, cur.model_id)
 prefix = "[CLS]" if k == 1 else f"{k} prefix tokens"
 stages = [
-    vp.Stage("Input", f"{C} x {H} x {W}", "resized, cropped, normalised", "no parameters"),
-    vp.Stage("1. Patches", f"{n} x {C * P * P}", f"{gh}x{gw} patches of {C}x{P}x{P}, flattened", "no parameters"),
-    vp.Stage("2. Embed", f"{n} x {D}", "the same Linear map on every patch", f"{params['patch_embed']:,} parameters"),
+    vp.Stage("Input", f"{C} x {H} x {W}", "resized, cropped,<br>normalised", "no parameters"),
+    vp.Stage(
+        "1. Patches", f"{n} x {C * P * P}", f"{gh}x{gw} patches of {C}x{P}x{P},<br>each flattened", "no parameters"
+    ),
+    vp.Stage(
+        "2. Embed", f"{n} x {D}", "the same Linear map<br>on every patch", f"{params['patch_embed']:,} parameters"
+    ),
     vp.Stage(
         "3. + CLS, + positions",
         f"{N} x {D}",
-        f"prepend {prefix}, add position vectors",
+        f"prepend {prefix},<br>add position vectors",
         f"{params['tokens']:,} parameters",
     ),
-    vp.Stage("4. Encoder", f"{N} x {D}", f"{L} blocks: {h}-head attention + MLP", f"{params['blocks']:,} parameters"),
-    vp.Stage("5. Head", f"{cfg.num_classes} classes", "LayerNorm + Linear on [CLS]", f"{params['head']:,} parameters"),
+    vp.Stage(
+        "4. Encoder", f"{N} x {D}", f"{L} blocks, each:<br>{h}-head attention + MLP", f"{params['blocks']:,} parameters"
+    ),
+    vp.Stage(
+        "5. Head", f"{cfg.num_classes} classes", "LayerNorm + Linear<br>on [CLS]", f"{params['head']:,} parameters"
+    ),
 ]
 chart(vp.pipeline_figure(stages), key="pipeline")
 st.caption(
@@ -56,7 +64,7 @@ st.markdown(
     "**centre-cropped** to that size, scaled to [0, 1] and **normalised** per colour channel with the "
     "training set's mean and standard deviation. The dashed box shows the part of your image the model sees."
 )
-c1, c2, c3 = st.columns([3, 2, 2])
+c1, c2, c3 = st.columns([3, 2, 3])
 with c1:
     chart(
         vp.crop_figure(
@@ -74,10 +82,10 @@ with c3:
     st.dataframe(
         {
             "channel": ["R", "G", "B"][:C],
-            "mean μ": list(cfg.mean)[:C],
-            "std σ": list(cfg.std)[:C],
-            "input min": cur.prep.x[0].amin((1, 2)).tolist(),
-            "input max": cur.prep.x[0].amax((1, 2)).tolist(),
+            "mean μ": [f"{v:.3f}" for v in cfg.mean[:C]],
+            "std σ": [f"{v:.3f}" for v in cfg.std[:C]],
+            "x' min": [f"{v:.2f}" for v in cur.prep.x[0].amin((1, 2)).tolist()],
+            "x' max": [f"{v:.2f}" for v in cur.prep.x[0].amax((1, 2)).tolist()],
         },
         hide_index=True,
     )
@@ -92,14 +100,14 @@ st.caption(
 
 st.subheader("Where to next")
 cols = st.columns(5)
-for col, (path, label) in zip(
+for col, (path, label, icon) in zip(
     cols,
     [
-        ("pages/2_patches.py", "Patches: cutting the image"),
-        ("pages/3_embeddings.py", "Embeddings: patches to vectors"),
-        ("pages/4_positions.py", "Positions: where is a patch?"),
-        ("pages/5_attention.py", "Attention: who looks at whom"),
-        ("pages/6_prediction.py", "Prediction: how the answer forms"),
+        ("pages/2_patches.py", "1 · Patches", ":material/grid_on:"),
+        ("pages/3_embeddings.py", "2 · Embeddings", ":material/scatter_plot:"),
+        ("pages/4_positions.py", "3 · Positions", ":material/my_location:"),
+        ("pages/5_attention.py", "4 · Attention", ":material/visibility:"),
+        ("pages/6_prediction.py", "5 · Prediction", ":material/insights:"),
     ],
 ):
-    col.page_link(path, label=label)
+    col.page_link(path, label=label, icon=icon)

@@ -71,7 +71,7 @@ st.markdown(
     "model gets. Where a patch came from is no longer visible in the sequence itself; the model is told "
     "later, by the position embeddings (see *Position embeddings*)."
 )
-chart(vp.patch_animation_figure(cur.prep.display, cur.grid, P, height=520 if n > 100 else 440), key="patch_anim")
+chart(vp.patch_animation_figure(cur.prep.display, cur.grid, P), key="patch_anim")
 
 st.subheader("The patch matrix")
 st.markdown(

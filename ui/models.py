@@ -132,16 +132,20 @@ def _load_pretrained(name: str) -> VisionTransformer:
 
 
 def pretrained_catalogue() -> dict[str, str]:
-    """Catalogue name -> a short description; empty when the catalogue is not installed."""
+    """Catalogue key -> menu label (title and download size); empty when the catalogue is not installed."""
     pretrained = _pretrained_module()
     if pretrained is None:
         return {}
-    cat = getattr(pretrained, "CATALOGUE", None) or getattr(pretrained, "CATALOG", None) or {}
-    out = {}
-    for name, entry in dict(cat).items():
-        desc = getattr(entry, "description", None) or (entry.get("description") if isinstance(entry, dict) else None)
-        out[str(name)] = str(desc or name)
-    return out
+    return {m.key: f"{m.title} ({m.download_mb:.0f} MB)" for m in pretrained.list_pretrained()}
+
+
+def pretrained_about(name: str) -> str:
+    """One line on a catalogue model."""
+    pretrained = _pretrained_module()
+    try:
+        return pretrained.get_pretrained(name).about if pretrained else ""
+    except CheckpointError:
+        return ""
 
 
 def pretrained_is_downloaded(name: str) -> bool:
@@ -330,6 +334,7 @@ def _more_models() -> None:
         name = st.selectbox(
             "Pretrained catalogue", list(catalogue), format_func=lambda n: catalogue[n], key="pretrained_name"
         )
+        st.caption(pretrained_about(name))
         have = pretrained_is_downloaded(name)
         if st.button("Use it" if have else "Download and use", key="pretrained_go"):
             _download_and_select(name, have)
@@ -361,7 +366,7 @@ def _download_and_select(name: str, have: bool) -> None:
             pretrained.download_pretrained(name, progress=progress)
         except Exception as e:  # no network, a proxy, a full disk: say so, keep the app going
             bar.empty()
-            st.error(f"Could not download {name}: {str(e)[:160]}. Check the network connection, then try again.")
+            st.error(f"Could not download {name}. {str(e)[:400]}")
             return
         bar.empty()
     if _try_select(f"pretrained:{name}", f"Pretrained: {name}"):

@@ -99,7 +99,10 @@ def sidebar() -> tuple[LoadedModel, ImageChoice]:
         st.sidebar.error(f"This model cannot run on this image: {str(e)[:200]}")
         return loaded, image
     c1, c2 = st.sidebar.columns(2)
-    c1.image(prep.thumbnail, caption=f"{image.name} ({prep.original_size[0]}x{prep.original_size[1]})")
+    c1.image(
+        compute.png_bytes(_sharp(prep.thumbnail)),
+        caption=f"{image.name} ({prep.original_size[0]}x{prep.original_size[1]})",
+    )
     h, w = prep.resized.shape[:2]
     c2.image(compute.png_bytes(_sharp(prep.resized)), caption=f"model input {w}x{h}")
     return loaded, image

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
-from plotly.colors import get_colorscale, sample_colorscale
+from plotly.colors import get_colorscale, hex_to_rgb, sample_colorscale, unlabel_rgb
 
 TRANSPARENT = "rgba(0,0,0,0)"
 # White text with a dark halo reads on any image and in both themes.
@@ -50,7 +50,18 @@ def named_colorscale(name: str) -> list[list]:
     Figures are built without plotly's validation, which is what would otherwise resolve the
     name; plotly.js alone knows only a few names, and some (RdBu) differently from Python.
     """
-    return [[float(p), c] for p, c in get_colorscale(name)]
+    # Colours go out as "rgb(...)": Streamlit's chart theme treats a few hex codes as placeholders
+    # ("#000001".."#00000c") and repaints them, and Inferno starts at "#000004".
+    return [[float(p), f"rgb({r}, {g}, {b})"] for p, (r, g, b) in zip(*_stops(name))]
+
+
+def _stops(name: str) -> tuple[list[float], np.ndarray]:
+    scale = get_colorscale(name)
+    pos = [float(p) for p, _ in scale]
+    cols = np.asarray(
+        [unlabel_rgb(c) if str(c).startswith("rgb") else hex_to_rgb(c) for _, c in scale], dtype=np.float64
+    )
+    return pos, np.clip(np.round(cols), 0, 255).astype(int)
 
 
 @lru_cache(maxsize=32)

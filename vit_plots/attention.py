@@ -44,11 +44,11 @@ def heads_figure(
     Args:
         maps: (h, gh, gw) attention of the query over the patch keys, per head.
         query: patch index outlined in every tile (None when the query is a prefix token).
-        cols: tiles per row (default: up to 6).
+        cols: tiles per row (default: about the square root of the number of heads).
     """
     m = np.asarray(maps, dtype=np.float64)
     h, gh, gw = m.shape
-    cols = cols or min(h, 6)
+    cols = cols or int(np.ceil(np.sqrt(h)))
     peak = m.reshape(h, -1).max(axis=1)
     rel = m / np.where(peak > 0, peak, 1.0)[:, None, None]
     gap = max(1, max(gh, gw) // 5)
@@ -189,7 +189,7 @@ def head_steps_figure(
         "yaxis": {**grid_axis, "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
         "xaxis2": {**grid_axis, "domain": [0.35, 0.61], "constrain": "domain"},
         "yaxis2": {**grid_axis, "autorange": "reversed", "scaleanchor": "x2", "anchor": "x2", "constrain": "domain"},
-        "xaxis3": {"domain": [0.7, 1.0], "anchor": "y3", "title": {"text": "output dimension"}},
+        "xaxis3": {"domain": [0.76, 1.0], "anchor": "y3", "title": {"text": "output dimension"}},
         "yaxis3": {"anchor": "x3"},
     }
     return figure(data, layout)

@@ -144,7 +144,7 @@ def token_scatter_figure(
     start: int | None = None,
     height: int = 480,
 ) -> go.Figure:
-    """Patch tokens as points in their top-2 PCA plane, one frame per depth with a slider.
+    """Patch tokens as points in their top-2 PCA plane, a slider steps through the depths.
 
     Args:
         coords: (S, n, 2) PCA coordinates of the n patch tokens at each of S depths.
@@ -173,15 +173,13 @@ def token_scatter_figure(
             "hovertemplate": "patch %{customdata[0]} (row %{customdata[1]}, col %{customdata[2]})<br>PC1 %{x:.2f}, PC2 %{y:.2f}<extra></extra>",
         }
 
-    frames = [{"name": str(k), "data": [scatter(k)]} for k in range(S)]
+    # The slider restyles the one trace and re-fits the axes (animation frames would keep the
+    # first depth's axis ranges, and the token spread grows a lot with depth).
     steps = [
         {
             "label": labels[k],
-            "method": "animate",
-            "args": [
-                [str(k)],
-                {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}},
-            ],
+            "method": "update",
+            "args": [{"x": [c[k, :, 0]], "y": [c[k, :, 1]]}, {"xaxis.autorange": True, "yaxis.autorange": True}],
         }
         for k in range(S)
     ]
@@ -191,4 +189,4 @@ def token_scatter_figure(
         "xaxis": {"title": {"text": "PC 1"}, "zeroline": False},
         "yaxis": {"title": {"text": "PC 2"}, "zeroline": False},
     }
-    return figure([scatter(s0)], layout, frames)
+    return figure([scatter(s0)], layout)

@@ -16,7 +16,7 @@ def sequence_layout(n: int, gw: int) -> int:
 
 
 def patch_animation_figure(
-    image: np.ndarray, grid: tuple[int, int], patch_size: int, n_frames: int = 14, height: int = 460
+    image: np.ndarray, grid: tuple[int, int], patch_size: int, n_frames: int = 14, height: int | None = None
 ) -> go.Figure:
     """Patches leave the image and line up as a sequence (play button, plotly frames).
 
@@ -28,6 +28,7 @@ def patch_animation_figure(
         image: (H, W, 3) model input for display.
         grid: (gh, gw); patch_size: P.
         n_frames: frames from grid to sequence (>= 2).
+        height: in pixels; default: fitted to a ~900 px wide canvas.
     """
     a = to_uint8(image)
     gh, gw = int(grid[0]), int(grid[1])
@@ -77,6 +78,8 @@ def patch_animation_figure(
         )
     width = max(end[:, 0].max(), start[:, 0].max()) + P
     bottom = end[:, 1].max() + P
+    if height is None:
+        height = int(np.clip(900 * (bottom + P) / (width + P) + 60, 260, 700))
     play = {
         "label": "▶ Play",
         "method": "animate",
@@ -211,19 +214,18 @@ def patch_size_figure(whatif: dict[str, np.ndarray], current: int | None = None,
             "y": y,
             "marker": {"color": colors},
             "text": [f"{v:,}" for v in y],
-            "textposition": "outside",
-            "cliponaxis": False,
+            "textposition": "auto",
             "hovertemplate": "%{x}: %{y:,} " + what + "<extra></extra>",
             "xaxis": f"x{axis}",
             "yaxis": f"y{axis}",
         }
 
     layout = {
-        **base_layout(height, margin={"l": 40, "r": 10, "t": 40, "b": 30}),
+        **base_layout(height, margin={"l": 40, "r": 10, "t": 60, "b": 30}),
         "xaxis": {"domain": [0, 0.45]},
         "xaxis2": {"domain": [0.55, 1]},
-        "yaxis": {"type": "log", "anchor": "x"},
-        "yaxis2": {"type": "log", "anchor": "x2"},
+        "yaxis": {"type": "log", "anchor": "x", "dtick": 1, "exponentformat": "SI"},
+        "yaxis2": {"type": "log", "anchor": "x2", "dtick": 1, "exponentformat": "SI"},
         "annotations": [
             {
                 "text": "tokens N",

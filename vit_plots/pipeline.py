@@ -27,7 +27,7 @@ class Stage:
 
     title: str  # e.g. "1. Patches"
     shape: str  # the tensor leaving this step, e.g. "196 x 768"
-    detail: str = ""  # one short line: what happens
+    detail: str = ""  # what happens, short; "<br>" breaks the line
     params: str = ""  # parameter count of this step, already formatted ("" for none)
 
 
@@ -60,7 +60,7 @@ def pipeline_figure(stages: Sequence[Stage], height: int = 240) -> go.Figure:
             {"x": cx, "y": 0.6, "text": f"<b>{s.shape}</b>", "showarrow": False, "font": {"size": 15, "color": color}}
         )
         if s.detail:
-            annotations.append({"x": cx, "y": 0.35, "text": s.detail, "showarrow": False, "font": {"size": 11}})
+            annotations.append({"x": cx, "y": 0.33, "text": s.detail, "showarrow": False, "font": {"size": 11}})
         if s.params:
             annotations.append({"x": cx, "y": 0.12, "text": s.params, "showarrow": False, "font": {"size": 11}})
         if i < n - 1:
