@@ -317,14 +317,21 @@ def _safe_frombuffer(buf: bytes, dtype: object, shape: tuple, order: str) -> np.
     return np.frombuffer(buf, dtype=dt).reshape(shape, order=order).copy()
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    # Python 3 writes bytes at pickle protocol 2 as _codecs.encode(text, "latin1").
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """An unpickler that can only build the things a CIFAR batch holds.
 
     A pickle is a program: `pickle.load` on a file from the network would import and call
     whatever the file names (`os.system` included). The official batches contain only a dict
     of bytes, strings, ints, lists and one uint8 numpy array, so every global other than
-    numpy's array and dtype reconstruction is refused, and those are wrapped to refuse
-    object arrays (whose elements would be further pickles).
+    numpy's array and dtype reconstruction (and the latin-1 decoding Python 3 uses for bytes
+    at protocol 2) is refused, and those are wrapped to refuse object arrays.
     """
 
     _ALLOWED = {
@@ -334,6 +341,7 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy", "dtype"): _safe_dtype,
         ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
         ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
+        ("_codecs", "encode"): _latin1_bytes,
     }
 
     def find_class(self, module: str, name: str) -> object:

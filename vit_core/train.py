@@ -162,7 +162,7 @@ PRESETS: dict[str, TrainConfig] = {
         depth=6,
         num_heads=4,
         mlp_ratio=2.0,
-        epochs=8,
+        epochs=5,
         batch_size=128,
         lr=1.5e-3,
         warmup_epochs=0.5,
@@ -839,7 +839,7 @@ class ThreadTuner:
     Thread counts change float summation order, so runs that must be bit-exact use a fixed count.
     """
 
-    def __init__(self, period: int = 200, probe: int = 8) -> None:
+    def __init__(self, period: int = 60, probe: int = 6) -> None:
         self.options = sorted({1, max(1, os.cpu_count() or 1)})
         self.period, self.probe = period, probe
         self.current = self.options[-1]
@@ -858,7 +858,7 @@ class ThreadTuner:
         self.steps += 1
         if len(self.options) == 1:
             return
-        if self.probing is None and self.steps % self.period == 0:
+        if self.probing is None and self.steps % self.period == self.probe:
             self.probing = self.current
             other = [n for n in self.options if n != self.current][0]
             self.times[other] = []

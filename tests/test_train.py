@@ -1,0 +1,217 @@
+"""vit_core.train on tiny synthetic data: it learns, resumes exactly, stops on NaN, drives a CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit_core import load_checkpoint
+from vit_core.data import ImageDataset
+from vit_core.train import PRESETS, TrainConfig, Trainer, lr_at, main, misclassified
+
+CLASSES = ["red", "green", "blue", "grey"]
+
+
+def colour_dataset(n: int, seed: int) -> ImageDataset:
+    """An easy task: 8x8 noisy images whose class is their dominant colour."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    base = torch.full((n, 3, 8, 8), 60.0)
+    for k in range(3):
+        base[labels == k, k] = 200.0
+    base[labels == 3] = 130.0
+    noise = torch.randn(n, 3, 8, 8, generator=g) * 30
+    return ImageDataset((base + noise).clamp(0, 255).to(torch.uint8), labels, list(CLASSES), "synthetic colours")
+
+
+def tiny_config(**changes: object) -> TrainConfig:
+    cfg = TrainConfig(
+        img_size=8,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        epochs=6,
+        batch_size=32,
+        lr=3e-3,
+        warmup_epochs=0.5,
+        crop_padding=1,
+        eval_every=4,
+        eval_batch_size=64,
+        device="cpu",
+        seed=3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    return cfg.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[ImageDataset, ImageDataset]:
+    return colour_dataset(256, 0), colour_dataset(96, 1)
+
+
+def test_presets_are_plain_vits_for_cifar() -> None:
+    for name, cfg in PRESETS.items():
+        vcfg = cfg.vit_config(10)
+        assert vcfg.img_size == (32, 32) and vcfg.class_token and vcfg.global_pool == "token", name
+        assert vcfg.crop_pct == 1.0 and vcfg.mean == pytest.approx((0.4914, 0.4822, 0.4465)), name
+    assert PRESETS["quick"].patch_size == 8 and PRESETS["bundled"].patch_size == 4
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_epochs=1)
+    lrs = [lr_at(cfg, s, 100, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(cfg, 100, 100, 10) == pytest.approx(1e-5)
+    assert lr_at(cfg, 55, 100, 10) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5), rel=1e-6)
+
+
+def test_tiny_run_learns(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:
+    train, test = data
+    losses, evals = [], []
+    trainer = Trainer(
+        tiny_config(),
+        train,
+        test,
+        out_dir=tmp_path,
+        on_step=lambda m: losses.append(m.loss),
+        on_eval=evals.append,
+    )
+    res = trainer.run()
+    assert res.status == "finished" and res.step == trainer.total_steps == 48
+    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.5
+    assert res.final is not None and res.final.acc > 0.9  # chance is 0.25
+    assert len(evals) == 12 and evals[-1].acc == res.final.acc
+    conf = np.asarray(res.final.confusion)
+    assert conf.sum() == len(test) and conf.sum(1).tolist() == [24, 24, 24, 24]
+    assert res.final.per_class_acc == pytest.approx((conf.diagonal() / conf.sum(1)).tolist())
+    # files: a load_checkpoint-readable model and the metrics JSON
+    model = load_checkpoint(tmp_path / "model.safetensors")
+    assert model.class_names == CLASSES and model.cfg.patch_size == 4
+    with torch.no_grad():
+        assert torch.equal(model.pos_embed, trainer.model.pos_embed)
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["status"] == "finished" and doc["final"]["acc"] == res.final.acc
+    assert [h["step"] for h in doc["history"]] == list(range(4, 49, 4))
+    assert load_checkpoint(tmp_path / "best.safetensors").cfg.embed_dim == 32
+
+
+def test_misclassified_gallery(data: tuple[ImageDataset, ImageDataset]) -> None:
+    train, test = data
+    trainer = Trainer(tiny_config(epochs=0.25), train, test)  # barely trained: many mistakes
+    trainer.run()
+    wrong = misclassified(trainer.model, test, limit=10)
+    assert 0 < len(wrong) <= 10
+    confs = [w["confidence"] for w in wrong]
+    assert confs == sorted(confs, reverse=True)
+    for w in wrong:
+        assert w["true"] == int(test.labels[w["index"]]) and w["pred"] != w["true"]
+        assert w["true_name"] == CLASSES[w["true"]]
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stop_and_resume_equals_uninterrupted(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:
+    train, test = data
+    cfg = tiny_config(epochs=3, eval_every=5)
+    full = Trainer(cfg, train, test, out_dir=tmp_path / "full")
+    full_res = full.run()
+
+    part = Trainer(cfg, train, test, out_dir=tmp_path / "part")
+    part.on_step = lambda m: part.request_stop() if m.step == 11 else None  # mid-epoch, between evaluations
+    res = part.run()
+    assert res.status == "stopped" and res.step == 11 and "Resume" in res.message
+
+    resumed = Trainer.resume(tmp_path / "part" / "last.pt", train, test)
+    assert resumed.step == 11
+    res2 = resumed.run()
+    assert res2.status == "finished" and res2.step == full_res.step
+    a, b = _params(full.model), _params(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    assert [h.acc for h in full_res.history] == [h.acc for h in res2.history]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:
+    train, test = data
+    trainer = Trainer(tiny_config(eval_every=4), train, test, out_dir=tmp_path)
+    messages: list[str] = []
+    trainer.on_message = messages.append
+
+    def poison(m: object) -> None:
+        if trainer.step == 6:
+            with torch.no_grad():
+                trainer.model.head.weight.fill_(float("nan"))
+
+    trainer.on_step = poison
+    res = trainer.run()
+    assert res.status == "diverged" and res.step == 6
+    assert "nan" in res.message and "step 4" in res.message and "last.pt" in res.message
+    assert messages[-1] == res.message
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+    resumed = Trainer.resume(tmp_path / "last.pt", train, test)
+    assert resumed.step == 4 and math.isfinite(resumed.evaluate(test).loss)
+
+
+def test_pause_holds_the_loop_and_stop_ends_it(data: tuple[ImageDataset, ImageDataset]) -> None:
+    train, test = data
+    trainer = Trainer(tiny_config(epochs=50, eval_every=10_000), train, None)
+    steps: list[int] = []
+    trainer.on_step = lambda m: steps.append(m.step)
+    th = threading.Thread(target=trainer.run, daemon=True)
+    th.start()
+    while len(steps) < 3:
+        time.sleep(0.01)
+    trainer.pause()
+    time.sleep(0.3)
+    held = len(steps)
+    time.sleep(0.3)
+    assert len(steps) == held and trainer.paused  # at most one step finishes after pause()
+    trainer.unpause()
+    while len(steps) < held + 2:
+        time.sleep(0.01)
+    trainer.request_stop()
+    th.join(timeout=10)
+    assert not th.is_alive()
+    assert trainer.result is not None and trainer.result.status == "stopped"
+    assert trainer.result.step < trainer.total_steps
+
+
+def test_cli_writes_checkpoint_and_metrics_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 4)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    common = ["--data", str(root), "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-bar"]
+    shape = ["--img-size", "8", "--patch-size", "4", "--embed-dim", "16", "--depth", "1", "--num-heads", "2"]
+    assert main([*common, *shape, "--epochs", "2", "--batch-size", "8", "--threads", "1"]) == 0
+    model = load_checkpoint(out / "model.safetensors")
+    assert model.class_names == ["a", "b"] and model.cfg.embed_dim == 16
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["step"] == 8 and doc["status"] == "finished" and len(doc["final"]["confusion"]) == 2
+    # resume with a longer schedule continues from step 8
+    assert main([*common, "--resume", "--epochs", "3"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["step"] == 12
+    # a data error is a clean exit code with a message
+    assert main(["--data", str(tmp_path / "missing"), "--out", str(out), "--cache-dir", str(tmp_path)]) == 2
