@@ -674,7 +674,7 @@ def augment_batch(
 
     Each image is padded by `padding` pixels of zeros on every side and cropped back to its
     size at a random offset; with `flip`, half the images are mirrored. Both are done by one
-    gather, on whatever device `images` is on.
+    `gather` over the flattened padded planes, on whatever device `images` is on.
 
     Args:
         images: (B, C, H, W), any dtype (uint8 keeps the gather cheap).
@@ -687,31 +687,26 @@ def augment_batch(
     """
     B, C, H, W = images.shape
     dev = images.device
-    if padding > 0:
-        x = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (B,), generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (B,), generator=generator)
-    else:
-        x = images
-        oy = ox = torch.zeros(B, dtype=torch.long)
-    cols = torch.arange(W)
+    P = max(0, padding)
+    Hp, Wp = H + 2 * P, W + 2 * P
+    x = torch.nn.functional.pad(images, (P, P, P, P)) if P else images
+    oy = torch.randint(0, 2 * P + 1, (B, 1, 1), generator=generator)
+    ox = torch.randint(0, 2 * P + 1, (B, 1, 1), generator=generator)
+    cols = torch.arange(W).view(1, 1, W)
     if flip:
-        mirrored = torch.rand(B, generator=generator) < 0.5
-        cols = torch.where(mirrored[:, None], cols.flip(0), cols)  # (B, W)
-    else:
-        cols = cols.expand(B, W)
-    rows = (oy[:, None] + torch.arange(H)).to(dev)  # (B, H)
-    cols = (ox[:, None] + cols).to(dev)  # (B, W)
-    b = torch.arange(B, device=dev)[:, None, None, None]
-    c = torch.arange(C, device=dev)[None, :, None, None]
-    return x[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+        mirrored = torch.rand(B, 1, 1, generator=generator) < 0.5
+        cols = torch.where(mirrored, (W - 1) - cols, cols)  # (B, 1, W)
+    # flat index into each padded (Hp, Wp) plane of the pixel that lands at (i, j)
+    idx = ((oy + torch.arange(H).view(1, H, 1)) * Wp + ox + cols).to(dev)  # (B, H, W)
+    idx = idx.view(B, 1, H * W).expand(B, C, H * W)
+    return x.reshape(B, C, Hp * Wp).gather(2, idx).view(B, C, H, W)
 
 
 def normalize_batch(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 (B, C, H, W) in 0-255 -> float32 (B, C, H, W), (x / 255 - mean) / std per channel."""
     m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - m) / s
+    return torch.addcmul(-m / s, images.float(), 1.0 / (255.0 * s))  # one fused pass over the batch
 
 
 def iterate_batches(
