@@ -10,6 +10,7 @@ from .config import (
     IMAGENET_STD,
     ViTConfig,
 )
+from .data import CIFAR10_CLASSES, ImageDataset, load_cifar10
 from .errors import CheckpointError, DataError, ImageError, VitCoreError
 from .images import load_image, preprocess, preprocess_steps
 from .model import VisionTransformer, ViTTrace, describe, resample_pos_embed
@@ -23,8 +24,15 @@ from .pretrained import (
     list_pretrained,
     load_pretrained,
 )
+from .train import PRESETS, TrainConfig, Trainer
 
 __all__ = [
+    "CIFAR10_CLASSES",
+    "ImageDataset",
+    "load_cifar10",
+    "PRESETS",
+    "Trainer",
+    "TrainConfig",
     "CATALOGUE",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
