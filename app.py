@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.session import sidebar
+from ui.session import end_of_run, sidebar
 
 ROOT = Path(__file__).resolve().parent
 
@@ -24,7 +24,14 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="ViT Explorer", page_icon=":material/visibility:", layout="wide")
-pages = [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES) if (ROOT / path).exists()]
+pages = [
+    st.Page(path, title=title, icon=icon, default=i == 0)
+    for i, (path, title, icon) in enumerate(PAGES)
+    if (ROOT / path).exists()
+]
 page = st.navigation(pages)
 sidebar()
-page.run()
+try:
+    page.run()
+finally:
+    end_of_run()

@@ -4,7 +4,7 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.page import chart, header, prediction_line
+from ui.page import chart, header, needs_head, prediction_line
 from ui.session import current
 
 cur = current()
@@ -92,8 +92,8 @@ with c3:
     st.caption(f"interpolation {cfg.interpolation}, crop share {cfg.crop_pct:g}, crop mode {cfg.crop_mode}")
 
 st.subheader("The prediction")
-k_top = min(5, cfg.num_classes)
-chart(vp.topk_figure(cur.prep.probs, cur.class_names, k=k_top), key="topk")
+if needs_head(cur, "A prediction"):
+    chart(vp.topk_figure(cur.prep.probs, cur.class_names, k=min(5, cfg.num_classes)), key="topk")
 st.caption(
     "Softmax of the head's output. The Prediction page shows how this answer forms layer by layer and what happens when you hide patches."
 )

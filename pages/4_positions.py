@@ -5,7 +5,7 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.page import chart, clickable_chart, header, keep_in, prediction_line
+from ui.page import chart, clickable_chart, header, keep_in, needs_head, prediction_line
 from ui.session import current
 
 cur = current()
@@ -83,6 +83,8 @@ with c2:
         chart(vp.image_figure(cur.prep.display, height=260, title="original"), key="shuffle_orig")
     with i2:
         chart(vp.image_figure(res["display"], height=260, title=f"shuffled (seed {seed})"), key="shuffle_img")
+if not needs_head(cur, "Comparing predictions"):
+    st.stop()
 runs = {
     "original": cur.prep.probs,
     "shuffled, positions follow content": res["kept"],

@@ -5,7 +5,7 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.page import chart, clickable_chart, header, keep_in, prediction_line
+from ui.page import chart, clickable_chart, header, keep_in, needs_head, prediction_line
 from ui.session import current
 
 cur = current()
@@ -173,23 +173,24 @@ st.markdown(
 st.latex(
     r"\bar A_\ell = \mathbb{E}_\text{heads}\!\left[\left(\nabla_{A_\ell} y_c \odot A_\ell\right)^+\right],\qquad R \leftarrow R + \bar A_\ell R,\quad R_0 = I"
 )
-classes = list(range(len(cur.class_names)))
-order = list(vp.top_k(cur.prep.probs, len(classes)))
-keep_in("chefer_class", classes, order[0])
-target = st.selectbox(
-    "Class",
-    order,
-    key="chefer_class",
-    format_func=lambda c: f"{cur.class_names[c]} ({cur.prep.probs[c] * 100:.1f}%)",
-    help="Sorted by the model's probability.",
-)
-cmap = compute.class_map(cur.model, cur.model_id, cur.prep, cur.image_key, int(target))
-chart(
-    vp.overlay_figure(
-        cur.prep.display, cmap, cur.grid, P, colorbar_title="relevance", value_name="relevance", height=400
-    ),
-    key="chefer_map",
-)
+if needs_head(cur, "A class-specific map"):
+    classes = list(range(len(cur.class_names)))
+    order = list(vp.top_k(cur.prep.probs, len(classes)))
+    keep_in("chefer_class", classes, order[0])
+    target = st.selectbox(
+        "Class",
+        order,
+        key="chefer_class",
+        format_func=lambda c: f"{cur.class_names[c]} ({cur.prep.probs[c] * 100:.1f}%)",
+        help="Sorted by the model's probability.",
+    )
+    cmap = compute.class_map(cur.model, cur.model_id, cur.prep, cur.image_key, int(target))
+    chart(
+        vp.overlay_figure(
+            cur.prep.display, cmap, cur.grid, P, colorbar_title="relevance", value_name="relevance", height=400
+        ),
+        key="chefer_map",
+    )
 
 st.subheader("How far does each head look?")
 hm = compute.head_maps(cur.prep, cur.model_id, cur.image_key)

@@ -4,7 +4,7 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.page import chart, clickable_chart, header, prediction_line
+from ui.page import chart, clickable_chart, header, needs_head, prediction_line
 from ui.session import current
 
 cur = current()
@@ -16,6 +16,8 @@ header(
     f"which gives one score (logit) per class; a softmax turns the {len(names)} scores into probabilities.",
 )
 prediction_line(cur)
+if not needs_head(cur, "This page"):
+    st.stop()
 st.latex(
     r"p(c\mid x) = \frac{e^{y_c}}{\sum_{c'} e^{y_{c'}}},\qquad y = W_\text{head}\,\mathrm{LN}(z_L^{\text{CLS}}) + b"
 )

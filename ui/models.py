@@ -34,7 +34,9 @@ UPLOAD_DIR = Path(tempfile.gettempdir()) / "vit-explorer-uploads"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # session_state keys
-MODEL_KEY = "model_key"  # the picker's selection (a model key, see the module docstring)
+CHOICE = "model_choice"  # the selected model key (see the module docstring): the source of truth
+MODEL_KEY = "model_key"  # the picker widget; copied from CHOICE before it is drawn, so that a
+# page switch that drops widget state cannot lose the selection
 _PENDING = "_model_key_pending"  # a selection to apply before the picker is drawn next
 _LAST_GOOD = "_model_key_last_good"  # the last model that loaded; used when a new one fails
 _SESSION_MODELS = "session_models"  # name -> SessionModel
@@ -273,13 +275,14 @@ def _on_model_path() -> None:
 
 
 def _on_pick() -> None:
-    """The picker changed: check the new model loads, or go back to the last good one."""
+    """The picker changed: keep the new model if it loads, else keep the current one."""
     key = st.session_state.get(MODEL_KEY)
     try:
         load_model(key)
     except CheckpointError as e:
         st.session_state[_ERROR] = f"{e} The previous model is still in use."
-        st.session_state[MODEL_KEY] = st.session_state.get(_LAST_GOOD, next(iter(model_options())))
+        return
+    st.session_state[CHOICE] = key
 
 
 def model_picker() -> LoadedModel:
@@ -290,9 +293,10 @@ def model_picker() -> LoadedModel:
     opts = model_options()
     pending = st.session_state.pop(_PENDING, None)
     if pending is not None and pending in opts:
-        st.session_state[MODEL_KEY] = pending
-    if st.session_state.get(MODEL_KEY) not in opts:
-        st.session_state[MODEL_KEY] = next(iter(opts))
+        st.session_state[CHOICE] = pending
+    if st.session_state.get(CHOICE) not in opts:
+        st.session_state[CHOICE] = next(iter(opts))
+    st.session_state[MODEL_KEY] = st.session_state[CHOICE]
     sb = st.sidebar
     sb.selectbox("Model", list(opts), format_func=opts.get, key=MODEL_KEY, on_change=_on_pick)
     if not BUNDLED_PATH.exists():
@@ -300,10 +304,10 @@ def model_picker() -> LoadedModel:
     error = st.session_state.pop(_ERROR, None)
     if error:
         sb.error(error)
-    key = st.session_state[MODEL_KEY]
+    key = st.session_state[CHOICE]
     try:
         loaded = load_model(key)
-    except CheckpointError as e:
+    except CheckpointError as e:  # e.g. the file changed on disk since it was chosen
         sb.error(f"{e} Using the previous model.")
         fallback = st.session_state.get(_LAST_GOOD, "untrained")
         loaded = load_model(fallback if fallback != key else "untrained")

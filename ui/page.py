@@ -21,10 +21,20 @@ def header(title: str, intro: str) -> None:
 def prediction_line(cur: Current) -> None:
     """One line: the model's prediction for the current image (with a warning for random weights)."""
     text = f"**Prediction:** {cur.prediction_text()} · model: {cur.loaded.label} · image: {cur.image.name}"
-    if cur.loaded.untrained:
+    if not cur.has_head:
+        st.info(text + " — a self-supervised backbone: it gives features, not classes; the attention views still work.")
+    elif cur.loaded.untrained:
         st.warning(text + " — random weights, so the prediction means nothing yet.")
     else:
         st.info(text)
+
+
+def needs_head(cur: Current, what: str) -> bool:
+    """True if the model has a classifier; otherwise say that `what` needs one and return False."""
+    if cur.has_head:
+        return True
+    st.caption(f"{what} needs class scores; this model is a backbone without a classifier head.")
+    return False
 
 
 def chart(fig: go.Figure, key: str | None = None) -> None:

@@ -13,7 +13,8 @@ from . import compute
 from .images import ImageChoice, image_picker
 from .models import LoadedModel, model_picker
 
-_SELECTION = "_selection"  # (LoadedModel, ImageChoice) chosen in this run's sidebar
+_SELECTION = "_selection"  # (LoadedModel, ImageChoice) chosen in the sidebar
+_DRAWN = "_sidebar_drawn"  # set while a run that has drawn the sidebar is in progress
 
 
 @dataclass
@@ -73,11 +74,18 @@ class Current:
         return self.model.class_names
 
     @property
+    def has_head(self) -> bool:
+        """False for a backbone without a classifier (e.g. DINO): no classes, no prediction."""
+        return self.cfg.num_classes > 0
+
+    @property
     def predicted(self) -> int:
         return int(np.argmax(self.prep.probs))
 
     def prediction_text(self) -> str:
         """'cat (87.1%)'."""
+        if not self.has_head:
+            return "none (this model has no classifier head)"
         c = self.predicted
         return f"{self.class_names[c]} ({self.prep.probs[c] * 100:.1f}%)"
 
@@ -87,7 +95,13 @@ class Current:
 
 
 def sidebar() -> tuple[LoadedModel, ImageChoice]:
-    """Draw the model and image pickers (app.py calls this once per run, for every page)."""
+    """Draw the model and image pickers (app.py calls this once per run, for every page).
+
+    Call `end_of_run()` when the page is done: `current()` draws the sidebar itself when it
+    was not drawn in this run (a page run on its own, or Streamlit's AppTest, which re-runs
+    only the page script of an `st.navigation` app after its first run).
+    """
+    st.session_state[_DRAWN] = True
     st.sidebar.header("Model")
     loaded = model_picker()
     st.sidebar.header("Image")
@@ -113,11 +127,17 @@ def _sharp(a: np.ndarray, min_px: int = 128) -> np.ndarray:
     return np.repeat(np.repeat(a, s, axis=0), s, axis=1) if s > 1 else a
 
 
+def end_of_run() -> None:
+    """Mark the end of a run that drew the sidebar (see `sidebar`)."""
+    st.session_state.pop(_DRAWN, None)
+
+
 def current() -> Current:
     """The selected model and image with their cached forward pass (draws the sidebar if needed)."""
     sel = st.session_state.get(_SELECTION)
-    if sel is None:
+    if sel is None or not st.session_state.pop(_DRAWN, False):  # call once per run
         sel = sidebar()
+        st.session_state.pop(_DRAWN, None)
     loaded, image = sel
     prep = compute.prepare(loaded.model, loaded.model_id, image.key, image.data)
     return Current(loaded, image, prep)
