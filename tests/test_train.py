@@ -15,7 +15,7 @@ from PIL import Image
 
 from vit_core import load_checkpoint
 from vit_core.data import ImageDataset
-from vit_core.train import PRESETS, TrainConfig, Trainer, lr_at, main, misclassified
+from vit_core.train import PRESETS, TrainConfig, Trainer, exported_accuracy, lr_at, main, misclassified
 
 CLASSES = ["red", "green", "blue", "grey"]
 
@@ -88,6 +88,7 @@ def test_tiny_run_learns(data: tuple[ImageDataset, ImageDataset], tmp_path: Path
         out_dir=tmp_path,
         on_step=lambda m: losses.append(m.loss),
         on_eval=evals.append,
+        export_path=tmp_path / "export.safetensors",
     )
     res = trainer.run()
     assert res.status == "finished" and res.step == trainer.total_steps == 48
@@ -106,6 +107,12 @@ def test_tiny_run_learns(data: tuple[ImageDataset, ImageDataset], tmp_path: Path
     assert doc["status"] == "finished" and doc["final"]["acc"] == res.final.acc
     assert [h["step"] for h in doc["history"]] == list(range(4, 49, 4))
     assert load_checkpoint(tmp_path / "best.safetensors").cfg.embed_dim == 32
+    # the export holds the best model; a worse run does not replace it
+    assert exported_accuracy(tmp_path / "export.safetensors") == res.best_acc > 0.9
+    before = (tmp_path / "export.safetensors").read_bytes()
+    worse = Trainer(tiny_config(epochs=0.125), train, test, export_path=tmp_path / "export.safetensors")
+    assert worse.run().final.acc < res.best_acc
+    assert (tmp_path / "export.safetensors").read_bytes() == before
 
 
 def test_misclassified_gallery(data: tuple[ImageDataset, ImageDataset]) -> None:

@@ -317,6 +317,18 @@ def misclassified(
     ]
 
 
+def exported_accuracy(path: str | os.PathLike) -> float:
+    """The test accuracy recorded in a checkpoint this trainer exported (-1 if none or unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return float(json.loads(meta.get("extra", "{}")).get("test_acc") or -1.0)
+    except Exception:  # noqa: BLE001 - a missing or foreign file simply has no recorded accuracy
+        return -1.0
+
+
 def _eval_result(
     conf: Tensor, acc: float, loss: float, step: int, epoch: float, names: list[str], elapsed: float, train_loss: float
 ) -> EvalResult:
@@ -345,7 +357,9 @@ class Trainer:
         on_step: called with `StepMetrics` after every step.
         on_eval: called with `EvalResult` after every evaluation.
         on_message: called with short human-readable lines (checkpoint written, diverged, ...).
-        export_path: also write the best model (model-only safetensors) here on every new best.
+        export_path: also write the model (model-only safetensors) here whenever its test accuracy
+            beats the accuracy recorded in the file already there (so a new run never replaces a
+            better exported model with a worse one).
     """
 
     def __init__(
@@ -551,8 +565,9 @@ class Trainer:
                 self.best_acc = res.acc
                 if self.out_dir is not None:
                     save_checkpoint(self.model, self.out_dir / "best.safetensors", extra=self._provenance(res))
-                if self.export_path is not None:
+                if self.export_path is not None and res.acc > exported_accuracy(self.export_path):
                     save_checkpoint(self.model, self.export_path, extra=self._provenance(res))
+                    self._say(f"exported {self.export_path} (test accuracy {res.acc:.2%})")
             if self.on_eval:
                 self.on_eval(res)
         if self.out_dir is not None:
@@ -770,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     tuner = None
     if args.threads == "auto":
-        tuner = ThreadTuner()
+        tuner = ThreadTuner(log=print)
     elif args.threads:
         torch.set_num_threads(int(args.threads))
     changes = {
@@ -788,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     bar = _Bar(disable=args.no_bar)
+    if tuner is not None:
+        tuner.log = bar.write
 
     def on_eval(r: EvalResult) -> None:
         bar.write(
@@ -839,7 +856,8 @@ class ThreadTuner:
     Thread counts change float summation order, so runs that must be bit-exact use a fixed count.
     """
 
-    def __init__(self, period: int = 60, probe: int = 6) -> None:
+    def __init__(self, period: int = 60, probe: int = 6, log: Callable[[str], None] | None = None) -> None:
+        self.log = log
         self.options = sorted({1, max(1, os.cpu_count() or 1)})
         self.period, self.probe = period, probe
         self.current = self.options[-1]
@@ -866,7 +884,10 @@ class ThreadTuner:
         elif self.probing is not None and len(self.times[self.current]) >= self.probe:
             a = sorted(self.times[self.current])[self.probe // 2]
             b = sorted(self.times[self.probing])[len(self.times[self.probing]) // 2]
-            self._set(self.current if a < b else self.probing)
+            keep = self.current if a < b else self.probing
+            if keep != self.probing and self.log:
+                self.log(f"threads {self.probing} -> {keep} (median step {a:.2f}s vs {b:.2f}s)")
+            self._set(keep)
             self.probing = None
 
     def _set(self, n: int) -> None:
