@@ -205,3 +205,21 @@ def test_config_round_trip_and_validation() -> None:
     ):
         with pytest.raises(ValueError):
             ViTConfig(**{"img_size": 32, "patch_size": 8, **bad})
+
+
+def test_trace_target_is_validated() -> None:
+    model = make_model()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="outside the 7 classes"):
+        model.trace(x, target=7)
+    with pytest.raises(ValueError, match="3 entries for a batch of 2"):
+        model.trace(x, target=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="no classifier head"):
+        make_model(num_classes=0).trace(x, target=0)
+
+
+def test_trace_outputs_are_plain_tensors() -> None:
+    model = make_model()
+    tr = model.trace(torch.randn(1, 3, 32, 32))
+    for t in (tr.logits, tr.attentions, tr.hidden_states, tr.patch_embeddings):
+        assert not t.requires_grad and t.is_contiguous()

@@ -257,7 +257,36 @@ class VisionTransformer(nn.Module):
             # Gradients cannot flow through inference tensors; leave inference mode for this call.
             with torch.inference_mode(False):
                 return self.trace(x.clone(), target if not isinstance(target, Tensor) else target.clone())
-        with torch.set_grad_enabled(target is not None):
+        if target is not None:
+            return self._trace_with_gradients(x, target)
+        with torch.no_grad():
+            tokens, patches, grid = self.embed(x)
+            B, N, D = tokens.shape
+            L, h = len(self.blocks), self.cfg.num_heads
+            # Written layer by layer into preallocated outputs: no list of maps to stack afterwards,
+            # so the peak holds the outputs plus one layer's working tensors.
+            attentions = tokens.new_empty(B, L, h, N, N)
+            hidden = tokens.new_empty(B, L + 1, N, D)
+            hidden[:, 0] = tokens
+            for i, blk in enumerate(self.blocks):
+                tokens, attn = blk(tokens, observe=True)
+                attentions[:, i] = attn
+                hidden[:, i + 1] = tokens
+                del attn
+            logits = self.forward_head(self.norm(tokens))
+        return ViTTrace(
+            logits=logits,
+            attentions=attentions,
+            hidden_states=hidden,
+            patch_embeddings=patches.contiguous(),
+            grid=grid,
+            num_prefix_tokens=self.num_prefix_tokens,
+            patch_size=self.patch_size,
+        )
+
+    def _trace_with_gradients(self, x: Tensor, target: int | Tensor) -> ViTTrace:
+        """`trace` plus d logit[target] / d attention, from the same forward pass."""
+        with torch.enable_grad():
             tokens, patches, grid = self.embed(x)
             hidden, attns = [tokens], []
             for blk in self.blocks:
@@ -265,18 +294,22 @@ class VisionTransformer(nn.Module):
                 hidden.append(tokens)
                 attns.append(attn)
             logits = self.forward_head(self.norm(tokens))
-            grads = None
-            target_t = None
-            if target is not None:
-                B = logits.shape[0]
-                target_t = torch.as_tensor(target, device=logits.device).long().reshape(-1).expand(B)
-                score = logits.gather(1, target_t[:, None]).sum()
-                grads = torch.stack(torch.autograd.grad(score, attns), dim=1).detach()
+            B, C = logits.shape
+            if self.cfg.num_classes == 0:
+                raise ValueError("this model has no classifier head: there is no class logit to explain")
+            target_t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+            if target_t.numel() not in (1, B):
+                raise ValueError(f"target has {target_t.numel()} entries for a batch of {B}")
+            if ((target_t < 0) | (target_t >= C)).any():
+                raise ValueError(f"target {target_t.tolist()} is outside the {C} classes")
+            target_t = target_t.expand(B)
+            score = logits.gather(1, target_t[:, None]).sum()
+            grads = torch.stack(torch.autograd.grad(score, attns), dim=1)
         return ViTTrace(
             logits=logits.detach(),
             attentions=torch.stack(attns, dim=1).detach(),
             hidden_states=torch.stack(hidden, dim=1).detach(),
-            patch_embeddings=patches.detach(),
+            patch_embeddings=patches.detach().contiguous(),
             grid=grid,
             num_prefix_tokens=self.num_prefix_tokens,
             patch_size=self.patch_size,
