@@ -209,6 +209,21 @@ def test_timm_hub_folder_config(tmp_path: Path) -> None:
     torch.testing.assert_close(model.double()(x), reference_forward(sd, x, num_heads=4), atol=1e-10, rtol=0)
 
 
+def test_timm_wordnet_label_names_become_readable(tmp_path: Path) -> None:
+    save_file(_tiny_sd(num_classes=2), tmp_path / "model.safetensors")
+    config = {
+        "architecture": "vit_test",
+        "label_names": ["n01440764", "n01443537"],
+        "label_descriptions": {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus"},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(tmp_path).class_names == ["tench", "goldfish"]
+    config["label_names"] = ["a", "b", "c"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="lists 3 labels but the head has 2"):
+        load_checkpoint(tmp_path)
+
+
 def test_timm_non_square_grid_needs_img_size(tmp_path: Path) -> None:
     save_file(_tiny_sd(grid=(4, 5)), tmp_path / "w.safetensors")  # 1 + 20 positions: no square grid
     with pytest.raises(CheckpointError, match="img_size"):

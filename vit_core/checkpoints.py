@@ -577,7 +577,9 @@ def _load_timm(
         raise CheckpointError(
             f"{weights.name}: config.json says {config['num_classes']} classes but the head has {cfg.num_classes}."
         )
-    class_names = _timm_class_names(config.get("label_names"), cfg.num_classes, weights.name)
+    class_names = _timm_class_names(
+        config.get("label_names"), cfg.num_classes, weights.name, config.get("label_descriptions")
+    )
     cfg.name = _display_name(name, weights)
     cfg.extra = {
         "format": "timm",
@@ -606,7 +608,10 @@ def _timm_preprocessing(pretrained: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _timm_class_names(label_names: Any, num_classes: int, source: str) -> list[str] | None:
+def _timm_class_names(label_names: Any, num_classes: int, source: str, descriptions: Any = None) -> list[str] | None:
+    """Class names for a timm model: its config's `label_names` (WordNet ids such as
+    "n01440764" are replaced by their `label_descriptions`, or by our ImageNet-1k names),
+    else the ImageNet-1k names for a 1000-class head."""
     if num_classes == 0:
         return None
     if isinstance(label_names, dict):
@@ -616,7 +621,13 @@ def _timm_class_names(label_names: Any, num_classes: int, source: str) -> list[s
             raise CheckpointError(
                 f"{source}: config.json lists {len(label_names)} labels but the head has {num_classes}."
             )
-        return [str(n) for n in label_names]
+        names = [str(n) for n in label_names]
+        if all(re.fullmatch(r"n\d{8}", n) for n in names):
+            if isinstance(descriptions, dict) and all(n in descriptions for n in names):
+                return [str(descriptions[n]).split(",")[0].strip() for n in names]
+            if num_classes == 1000:
+                return imagenet_class_names()
+        return names
     if num_classes == 1000:
         return imagenet_class_names()
     return None
@@ -668,8 +679,9 @@ _HF_RENAMES = (
     (r"distillation_classifier\.(weight|bias)", r"head_dist.\1"),
 )
 _HF_QKV = re.compile(_HF_LAYER + r"attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)")
-# Weights a classifier never uses: masked-image-modelling token, the BERT-style pooler.
-_HF_UNUSED = re.compile(r"(embeddings\.mask_token|pooler\.dense\.(weight|bias))")
+# Weights a classifier never uses: masked-image-modelling token, the BERT-style pooler, and an
+# index buffer some older files carry.
+_HF_UNUSED = re.compile(r"(embeddings\.mask_token|embeddings\.position_ids|pooler\.dense\.(weight|bias))")
 
 
 def _is_hf_state_dict(tensors: dict[str, Tensor]) -> bool:
