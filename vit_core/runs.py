@@ -1,0 +1,1099 @@
+"""Training runs for an app: one background thread per run, a lock-protected view, a server cap.
+
+A `TrainingRun` loads its data, builds a `vit_core.train.Trainer` and trains on its own
+thread. That thread never touches a UI: it writes into the run under `run.lock`, and a UI
+reads a consistent copy with `run.view()`. Control goes the other way through events
+(pause, unpause, stop), so a click never waits for a training step.
+
+    run = TrainingRun(cfg, DataSource("path", "data/cifar10"))
+    run.start()                  # RunLimitError when the server already trains max_runs()
+    v = run.view()               # RunView: status, progress, curves, snapshots, evaluations
+    run.pause(); run.unpause()   # the loop waits between steps
+    run.stop()                   # saves last.pt (exact resume) and model.safetensors
+    run.resume()                 # a stopped run continues from its last.pt on a new thread
+    run.release()                # the owner went away: stop after the grace period
+
+Every `snapshot_every` steps the thread records what the explorer pages show for the model
+as it is then (`Snapshot`): position-embedding similarity, the principal components of the
+patch filters, and the attention-rollout map of the [CLS] token on a probe image.
+
+Server-wide settings (environment variables, read when used):
+    VIT_EXPLORER_MAX_RUNS      concurrent training threads in this process (default 2)
+    VIT_EXPLORER_RUN_GRACE_S   seconds a run whose owner disconnected keeps going, waiting
+                               for a reconnect, before it is stopped (default 30)
+    VIT_EXPLORER_TRAIN_DIR     where run folders go (default <tmp>/vit-explorer-train;
+                               folders older than a day are removed when a new run starts)
+
+An owner (an app session) can pass `owner_alive`, a callable that says whether it is still
+connected; a watchdog thread checks it once a second for every active run, so a run whose
+owner disappeared is stopped even if no release callback ever arrives.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .analysis import embedding_pca_components, position_similarity, rollout_cls_map
+from .analysis._common import scale01
+from .checkpoints import save_checkpoint
+from .data import (
+    CACHE_ENV,
+    CIFAR10_ARCHIVE,
+    CIFAR10_FOLDER,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    IMAGE_SUFFIXES,
+    ImageDataset,
+    default_cache_dir,
+    download_cifar10,
+    extract_tar_safely,
+    file_md5,
+    load_cifar10,
+    load_cifar10_batches,
+    normalize_batch,
+    prepare_cifar10_archive,
+)
+from .errors import DataError, VitCoreError
+from .model import VisionTransformer
+from .train import PRESETS, EvalResult, StepMetrics, TrainConfig, Trainer, misclassified, resolve_device
+
+MAX_RUNS_ENV = "VIT_EXPLORER_MAX_RUNS"
+GRACE_ENV = "VIT_EXPLORER_RUN_GRACE_S"
+RUNS_DIR_ENV = "VIT_EXPLORER_TRAIN_DIR"
+DEFAULT_MAX_RUNS = 2
+DEFAULT_GRACE_S = 30.0
+CIFAR10_DOWNLOAD_MB = 163  # size of cifar-10-python.tar.gz (170,498,071 bytes)
+CIFAR10_PAGE = "https://www.cs.toronto.edu/~kriz/cifar-10.html"
+STALE_RUN_S = 24 * 3600  # run folders older than this are swept when a new run starts
+
+# Recipes the app offers: the trainer's two, and a longer run of the bundled recipe.
+APP_PRESETS: dict[str, TrainConfig] = {
+    "quick": PRESETS["quick"],
+    "bundled": PRESETS["bundled"],
+    "long": PRESETS["bundled"].replace(epochs=30, warmup_epochs=2.0, name="ViT-CIFAR10 (long)"),
+}
+PRESET_NOTES = {
+    "quick": "the curves move within the first minute on a laptop CPU",
+    "bundled": "the recipe of the bundled model; 4x the tokens, slower",
+    "long": "the bundled recipe for 30 epochs: hours on a CPU, minutes on a GPU",
+}
+
+
+def preset_summary(key: str) -> str:
+    """'patch 8 (17 tokens), 5 epochs: <note>' for a preset of `APP_PRESETS`."""
+    cfg = APP_PRESETS[key]
+    tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
+    return f"patch {cfg.patch_size} ({tokens} tokens), D {cfg.embed_dim}, {cfg.epochs:g} epochs: {PRESET_NOTES.get(key, '')}"
+
+
+# run statuses
+LOADING, TRAINING, PAUSED, STOPPING, FINISHING = "loading", "training", "paused", "stopping", "finishing"
+STOPPED, FINISHED, DIVERGED, FAILED = "stopped", "finished", "diverged", "failed"
+ACTIVE_STATUSES = (LOADING, TRAINING, PAUSED, STOPPING, FINISHING)
+DONE_STATUSES = (STOPPED, FINISHED, DIVERGED, FAILED)
+
+
+class RunLimitError(VitCoreError):
+    """The server already trains as many runs as it allows."""
+
+
+def max_runs() -> int:
+    """Concurrent training runs allowed in this process (`$VIT_EXPLORER_MAX_RUNS`, default 2)."""
+    try:
+        return max(1, int(os.environ.get(MAX_RUNS_ENV, DEFAULT_MAX_RUNS)))
+    except ValueError:
+        return DEFAULT_MAX_RUNS
+
+
+def release_grace_s() -> float:
+    """Seconds a run whose owner went away keeps going (`$VIT_EXPLORER_RUN_GRACE_S`, default 30)."""
+    try:
+        return max(0.0, float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S)))
+    except ValueError:
+        return DEFAULT_GRACE_S
+
+
+def runs_root() -> Path:
+    """The folder run folders are created in (`$VIT_EXPLORER_TRAIN_DIR`, default <tmp>/vit-explorer-train)."""
+    env = os.environ.get(RUNS_DIR_ENV)
+    return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / "vit-explorer-train"
+
+
+# --------------------------------------------------------------------------------------
+# The registry of active runs, its cap and the owner watchdog
+# --------------------------------------------------------------------------------------
+
+_REGISTRY_LOCK = threading.Lock()
+_ACTIVE: dict[str, TrainingRun] = {}
+_WATCHDOG: threading.Thread | None = None
+WATCHDOG_PERIOD_S = 1.0
+
+
+def active_runs() -> list[TrainingRun]:
+    """Runs whose thread is working (loading, training, paused, finishing) in this process."""
+    with _REGISTRY_LOCK:
+        return list(_ACTIVE.values())
+
+
+def _claim_slot(run: TrainingRun) -> None:
+    global _WATCHDOG
+    with _REGISTRY_LOCK:
+        if run.id in _ACTIVE:
+            return
+        cap = max_runs()
+        if len(_ACTIVE) >= cap:
+            raise RunLimitError(
+                f"The server is already training {len(_ACTIVE)} model{'s' if len(_ACTIVE) != 1 else ''}, "
+                f"its limit ({MAX_RUNS_ENV}={cap}). Try again when one of them has finished; "
+                "a paused run keeps its place until it is stopped."
+            )
+        _ACTIVE[run.id] = run
+        if _WATCHDOG is None or not _WATCHDOG.is_alive():
+            _WATCHDOG = threading.Thread(target=_watch_owners, name="vit-runs-watchdog", daemon=True)
+            _WATCHDOG.start()
+
+
+def _free_slot(run: TrainingRun) -> None:
+    with _REGISTRY_LOCK:
+        _ACTIVE.pop(run.id, None)
+
+
+def _watch_owners() -> None:
+    """Stop runs whose owner has been gone for longer than the grace period; exit when idle."""
+    global _WATCHDOG
+    while True:
+        time.sleep(WATCHDOG_PERIOD_S)
+        with _REGISTRY_LOCK:
+            runs = list(_ACTIVE.values())
+            if not runs:
+                _WATCHDOG = None
+                return
+        now = time.monotonic()
+        for run in runs:
+            run._check_owner(now)
+
+
+# --------------------------------------------------------------------------------------
+# Data sources
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's images come from.
+
+    kind "cache": the official CIFAR-10 in the download cache (`default_cache_dir()`);
+    kind "path": a CIFAR-10 archive (official, or a tar of an image folder), the extracted
+    official folder, or an image folder `<path>/train/<class>/*.png` with a `test/` beside it.
+    """
+
+    kind: str
+    path: str | None = None
+
+    def label(self) -> str:
+        if self.kind == "cache":
+            return f"CIFAR-10 from the download cache ({default_cache_dir()})"
+        return str(self.path)
+
+
+@dataclass
+class DataInfo:
+    """What a source holds, found without decoding the images."""
+
+    description: str
+    train_size: int
+    test_size: int
+    class_names: list[str]
+    image_size: int = 32
+
+
+def cifar10_cached(cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The official CIFAR-10 (extracted folder or archive) in the download cache, or None."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if (cache / CIFAR10_FOLDER / "data_batch_1").is_file():
+        return cache / CIFAR10_FOLDER
+    if (cache / CIFAR10_ARCHIVE).is_file():
+        return cache / CIFAR10_ARCHIVE
+    return None
+
+
+def missing_data_help(cache_dir: str | os.PathLike | None = None) -> str:
+    """What to fetch and where to put it, for a machine without CIFAR-10 (and maybe without network)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return (
+        f"No copy of CIFAR-10 was found on this machine. To train without a network connection, fetch "
+        f"`{CIFAR10_ARCHIVE}` (about {CIFAR10_DOWNLOAD_MB} MB, the 'python version' from {CIFAR10_PAGE}) "
+        f"on a machine that has one, then either put it in `{cache}` (the app finds it there), set "
+        f"`{CACHE_ENV}` to the folder that holds it, or type its path on this page. An image folder "
+        "`<root>/train/<class>/*.png` with a matching `<root>/test/` works too."
+    )
+
+
+def _count_images(folder: Path) -> tuple[list[str], int, Path | None]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    n, first = 0, None
+    for c in classes:
+        for e in os.scandir(folder / c):
+            if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+                n += 1
+                if first is None:
+                    first = Path(e.path)
+    return classes, n, first
+
+
+def _image_folder_root(path: Path) -> Path | None:
+    """`path` or its only sub-folder, whichever holds `train/` and `test/` folders."""
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return path
+    subs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")] if path.is_dir() else []
+    if len(subs) == 1 and (subs[0] / "train").is_dir() and (subs[0] / "test").is_dir():
+        return subs[0]
+    return None
+
+
+def inspect_source(source: DataSource) -> DataInfo:
+    """What `source` holds (sizes, classes), from file names only; fast enough for every page run.
+
+    Raises:
+        DataError: nothing usable there, with what to do.
+    """
+    cifar = DataInfo("", 50_000, 10_000, list(_CIFAR_CLASSES))
+    if source.kind == "cache":
+        found = cifar10_cached()
+        if found is None:
+            raise DataError(missing_data_help())
+        cifar.description = f"CIFAR-10 ({'extracted' if found.is_dir() else 'archive'} in {found.parent})"
+        return cifar
+    if not source.path:
+        raise DataError("No path given: type the path of a CIFAR-10 archive or an image folder.")
+    path = Path(source.path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist.")
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise DataError(
+                f"{path.name} is not a tar archive: expected {CIFAR10_ARCHIVE} or a .tar.gz of an image folder."
+            )
+        cifar.description = (
+            f"archive {path.name} ({path.stat().st_size / 2**20:.0f} MB; checked and unpacked when training starts)"
+        )
+        return cifar  # sizes are confirmed when it is read
+    if (path / "data_batch_1").is_file() or (path / CIFAR10_FOLDER / "data_batch_1").is_file():
+        cifar.description = f"CIFAR-10 official batches in {path}"
+        return cifar
+    if (path / CIFAR10_ARCHIVE).is_file():
+        return inspect_source(DataSource("path", str(path / CIFAR10_ARCHIVE)))
+    root = _image_folder_root(path)
+    if root is None:
+        raise DataError(
+            f"{path} is neither the CIFAR-10 archive, its extracted folder, nor an image folder with "
+            "train/<class>/*.png and test/<class>/*.png."
+        )
+    classes, n_train, first = _count_images(root / "train")
+    test_classes, n_test, _ = _count_images(root / "test")
+    if not classes or n_train == 0:
+        raise DataError(f"{root / 'train'} has no class folders with .jpg/.png images.")
+    if n_test == 0:
+        raise DataError(f"{root / 'test'} has no images: the run needs a test split to measure accuracy.")
+    extra = sorted(set(test_classes) - set(classes))
+    if extra:
+        raise DataError(f"{root / 'test'} has classes {extra} that train/ does not have.")
+    size = 32
+    if first is not None:
+        from PIL import Image
+
+        try:
+            with Image.open(first) as im:
+                size = int(im.size[0]) if im.size[0] == im.size[1] else -1
+        except OSError:
+            size = 32
+    if size < 0:
+        raise DataError(f"{first} is not square: the trainer needs square images of one size.")
+    return DataInfo(f"image folder {root}: {len(classes)} classes", n_train, n_test, classes, size)
+
+
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_DATA_CACHE: OrderedDict[tuple, tuple[ImageDataset, ImageDataset]] = OrderedDict()
+_DATA_CACHE_LOCK = threading.Lock()
+_DATA_CACHE_SIZE = 2  # datasets are shared read-only by all runs of the process
+
+
+def _source_key(source: DataSource) -> tuple:
+    if source.kind == "cache":
+        found = cifar10_cached()
+        return ("cache", str(found), found.stat().st_mtime_ns if found else 0)
+    p = Path(source.path or "").expanduser().resolve()
+    return ("path", str(p), p.stat().st_mtime_ns if p.exists() else 0)
+
+
+def load_source(
+    source: DataSource, progress: Callable[[int, int], None] | None = None
+) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test splits of `source`, shared with other runs that use the same data.
+
+    Raises:
+        DataError: missing, damaged or unreadable data, with what to do.
+    """
+    key = _source_key(source)
+    with _DATA_CACHE_LOCK:
+        hit = _DATA_CACHE.get(key)
+        if hit is not None:
+            _DATA_CACHE.move_to_end(key)
+            return hit
+    if source.kind == "cache":
+        if cifar10_cached() is None:
+            raise DataError(missing_data_help())
+        pair = (load_cifar10(None, "train"), load_cifar10(None, "test"))
+    else:
+        path = Path(source.path or "").expanduser()
+        if path.is_dir() and not (path / CIFAR10_FOLDER).is_dir() and (path / CIFAR10_ARCHIVE).is_file():
+            path = path / CIFAR10_ARCHIVE  # a folder that holds only the downloaded archive
+        if path.is_file():
+            pair = _load_archive(path)
+        else:
+            root = _image_folder_root(path) or path
+            pair = (load_cifar10(root, "train"), load_cifar10(root, "test"))
+    with _DATA_CACHE_LOCK:
+        _DATA_CACHE[key] = pair
+        while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+            _DATA_CACHE.popitem(last=False)
+    return pair
+
+
+def _load_archive(path: Path) -> tuple[ImageDataset, ImageDataset]:
+    """An official CIFAR-10 archive (MD5-checked) or a tar of an image folder, unpacked once into the cache."""
+    cache = default_cache_dir()
+    digest = file_md5(path)
+    if digest == CIFAR10_MD5:
+        folder = prepare_cifar10_archive(path, cache)
+        return load_cifar10_batches(folder, "train"), load_cifar10_batches(folder, "test")
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            names = tf.getnames()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path.name} is not a readable tar archive (truncated or damaged): {e}") from None
+    if any(n.split("/")[0] == CIFAR10_FOLDER or n.startswith(f"./{CIFAR10_FOLDER}") for n in names):
+        prepare_cifar10_archive(path, cache)  # raises the checksum message
+    dest = cache / "archives" / digest[:16]
+    if not (dest / ".complete").is_file():
+        extract_tar_safely(path, dest)
+        (dest / ".complete").write_text(path.name)
+    root = _image_folder_root(dest)
+    if root is None:
+        raise DataError(
+            f"{path.name} holds neither CIFAR-10's {CIFAR10_FOLDER}/ nor an image folder with train/<class>/ and test/<class>/."
+        )
+    return load_cifar10(root, "train"), load_cifar10(root, "test")
+
+
+# --------------------------------------------------------------------------------------
+# Model size, speed and time estimates
+# --------------------------------------------------------------------------------------
+
+
+def model_size(cfg: TrainConfig, num_classes: int = 10) -> tuple[int, int]:
+    """(parameters, tokens per image) of the ViT `cfg` trains; built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = VisionTransformer(cfg.vit_config(num_classes))
+    gh, gw = model.cfg.grid_size
+    return model.num_params(), model.num_prefix_tokens + gh * gw
+
+
+def measure_seconds_per_image(cfg: TrainConfig, num_classes: int = 10, batch: int = 32, steps: int = 2) -> float:
+    """Seconds one training image costs with this model shape on this machine, measured now.
+
+    One warm-up step, then `steps` timed forward + backward + AdamW steps on a random batch
+    of `batch` images; the fastest is kept (other work on the machine only ever slows a step).
+    """
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = VisionTransformer(cfg.vit_config(num_classes)).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=device)
+        y = torch.randint(0, num_classes, (batch,), device=device)
+        best = math.inf
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i > 0:
+                best = min(best, time.perf_counter() - t0)
+    return best / batch
+
+
+def estimate_seconds(
+    cfg: TrainConfig, seconds_per_image: float, train_size: int, eval_size: int, test_size: int
+) -> float:
+    """Wall-clock estimate of a run: training steps, evaluations during training, the final evaluation.
+
+    A forward pass costs about a third of a training step (forward + backward), so an
+    evaluated image is counted at a third of a trained one.
+    """
+    steps_per_epoch = max(1, train_size // cfg.batch_size)
+    total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    evals = total_steps // (cfg.eval_every or steps_per_epoch) + 1
+    train_s = total_steps * cfg.batch_size * seconds_per_image
+    eval_s = (evals * eval_size + 2 * test_size) * seconds_per_image / 3  # +2: final accuracy and the mistakes
+    return train_s + eval_s
+
+
+# --------------------------------------------------------------------------------------
+# Snapshots of what the explorer pages show
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """The model's learned structures at one step (numpy, CPU; never changed after creation)."""
+
+    step: int
+    epoch: float
+    position_similarity: np.ndarray  # (gh, gw, gh, gw) cosine similarity of position embeddings
+    filters_pca: np.ndarray  # (k, P, P, C) top principal components of the patch filters, in [0, 1]
+    filters_variance: np.ndarray  # (k,) share of the filters' variance each component explains
+    cls_map: np.ndarray  # (gh, gw) attention rollout of the [CLS] token on the probe image
+    probe_probs: np.ndarray  # (classes,) the model's softmax on the probe image
+
+
+@torch.no_grad()
+def take_snapshot(model: VisionTransformer, probe: torch.Tensor, step: int, epoch: float, k: int = 28) -> Snapshot:
+    """Position similarity, filter PCA and the probe's [CLS] rollout map of `model` as it is now.
+
+    Args:
+        model: the model being trained (its train/eval mode is restored afterwards).
+        probe: (1, C, H, W) normalised probe image on the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        sim = position_similarity(model)
+        # use_cache=False: the PCA cache is process-wide and other sessions use it from their threads.
+        comps, ratio = embedding_pca_components(model, k, use_cache=False)
+        P, C = model.patch_size, model.patch_embed.proj.weight.shape[1]
+        filters = scale01(rearrange(comps, "k (c p1 p2) -> k p1 p2 c", c=C, p1=P, p2=P), dims=(1, 2, 3))
+        trace = model.trace(probe)
+        cls_map = rollout_cls_map(trace.attentions.float(), trace.grid, trace.num_prefix_tokens)[0]
+        probs = trace.logits.float().softmax(-1)[0]
+    finally:
+        model.train(was_training)
+    return Snapshot(
+        step=step,
+        epoch=round(epoch, 4),
+        position_similarity=sim.cpu().numpy().astype(np.float32),
+        filters_pca=filters.cpu().numpy().astype(np.float32),
+        filters_variance=ratio.cpu().numpy().astype(np.float32),
+        cls_map=cls_map.cpu().numpy().astype(np.float32),
+        probe_probs=probs.cpu().numpy().astype(np.float32),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# A run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunView:
+    """A consistent copy of a run's state, for drawing (lists are copies; snapshots are shared, read-only)."""
+
+    id: str
+    status: str
+    message: str
+    detail: str  # what the thread is doing now, in a few words
+    config: TrainConfig
+    source: str
+    out_dir: Path
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    images_per_s: float = 0.0  # the trainer's smoothed throughput (steps only)
+    wall_images_per_s: float = 0.0  # images / wall seconds between the first and the last step of this thread
+    eta_s: float = 0.0
+    train_seconds: float = 0.0
+    params: int = 0
+    tokens: int = 0
+    train_size: int = 0
+    test_size: int = 0
+    eval_size: int = 0
+    class_names: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    acc: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    evals: list[EvalResult] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    final: EvalResult | None = None  # on the whole test set, after the run
+    mistakes: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None  # model.safetensors, once written
+    can_resume: bool = False
+    paused: bool = False
+    download: tuple[int, int] | None = None  # (bytes done, total) while data is downloaded
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE_STATUSES
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+class TrainingRun:
+    """One training run on a background thread, observed through `view()`.
+
+    Args:
+        cfg: the run's configuration (`img_size` is set from the data when it is loaded).
+        source: where the images come from.
+        out_dir: the run folder (last.pt, best.safetensors, model.safetensors, metrics.json);
+            default: a new folder under `runs_root()`.
+        snapshots: about how many snapshots to take over the run (plus one at step 0).
+        eval_size: test images used for the evaluations during training (a fixed, shuffled
+            subset, to keep them cheap); the whole test set is evaluated at the end.
+        probe_index: index in the test set of the probe image for the [CLS] attention maps.
+        owner_alive: says whether the owner (an app session) is still connected; None: only
+            `release()` ends the ownership.
+        name: a human name for the run's model.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        source: DataSource,
+        out_dir: str | os.PathLike | None = None,
+        snapshots: int = 40,
+        eval_size: int = 2000,
+        probe_index: int = 0,
+        owner_alive: Callable[[], bool] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.cfg = cfg
+        self.source = source
+        self.out_dir = (
+            Path(out_dir) if out_dir is not None else runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
+        )
+        self.n_snapshots = max(1, int(snapshots))
+        self.eval_size = int(eval_size)
+        self.probe_index = int(probe_index)
+        self.name = name or cfg.name
+        self.lock = threading.Lock()  # guards every field the thread writes and view() reads
+        self._thread: threading.Thread | None = None
+        self._trainer: Trainer | None = None
+        self._data: tuple[ImageDataset, ImageDataset] | None = None
+        self._probe: torch.Tensor | None = None
+        self._status = "new"
+        self._message = ""
+        self._detail = ""
+        self._pause_requested = False
+        self._stop_requested = threading.Event()
+        self._owner_alive = owner_alive
+        self._released = False
+        self._owner_gone_since: float | None = None
+        self._owner_ended = False
+        self._download: tuple[int, int] | None = None
+        # what view() copies
+        self._steps: list[int] = []
+        self._loss: list[float] = []
+        self._acc: list[float] = []
+        self._lr: list[float] = []
+        self._evals: list[EvalResult] = []
+        self._snapshots: list[Snapshot] = []
+        self._last: StepMetrics | None = None
+        self._final: EvalResult | None = None
+        self._mistakes: list[dict] = []
+        self._checkpoint: Path | None = None
+        self._params = 0
+        self._tokens = 0
+        self._snapshot_every = 1
+        self._t_first: float | None = None
+        self._t_last: float | None = None
+        self._n_first = 0
+        self._n_last = 0
+
+    # -- control (any thread) -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start training on a new thread.
+
+        Raises:
+            RunLimitError: the server already runs `max_runs()` trainings.
+            RuntimeError: this run was started before.
+        """
+        with self.lock:
+            if self._status != "new":
+                raise RuntimeError("this run was already started; resume() continues a stopped run")
+        self._launch(resume=False)
+
+    def resume(self) -> None:
+        """Continue a stopped run from its `last.pt` (same batches and schedule as without the stop).
+
+        Raises:
+            RunLimitError: the server is full.
+            RuntimeError: the run is not stopped, or has no checkpoint.
+        """
+        with self.lock:
+            if not self._can_resume_locked():
+                raise RuntimeError(f"a {self._status} run cannot be resumed")
+        self._launch(resume=True)
+
+    def _launch(self, resume: bool) -> None:
+        _claim_slot(self)
+        with self.lock:
+            self._status = LOADING
+            self._detail = "loading the data"
+            self._message = ""
+            self._stop_requested.clear()
+            self._pause_requested = False
+            self._released = False
+            self._owner_gone_since = None
+            self._owner_ended = False
+            self._thread = threading.Thread(target=self._main, args=(resume,), name=f"vit-train-{self.id}", daemon=True)
+            thread = self._thread
+        try:
+            thread.start()
+        except BaseException:
+            _free_slot(self)
+            raise
+
+    def pause(self) -> None:
+        """Hold the training loop between steps (a paused run keeps its place in the server's cap)."""
+        with self.lock:
+            if self._status not in ACTIVE_STATUSES:
+                return
+            self._pause_requested = True
+            if self._trainer is not None:
+                self._trainer.pause()
+            if self._status == TRAINING:
+                self._status = PAUSED
+
+    def unpause(self) -> None:
+        with self.lock:
+            self._pause_requested = False
+            if self._trainer is not None:
+                self._trainer.unpause()
+            if self._status == PAUSED:
+                self._status = TRAINING
+
+    def stop(self) -> None:
+        """Ask the thread to stop; it saves `last.pt` and `model.safetensors` before it ends."""
+        with self.lock:
+            self._stop_requested.set()
+            self._pause_requested = False
+            if self._trainer is not None:
+                self._trainer.request_stop()
+            if self._status in (TRAINING, PAUSED, LOADING):
+                self._status = STOPPING
+                self._detail = "stopping after this step"
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True when it has ended (or never started)."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    @property
+    def alive(self) -> bool:
+        """Whether the run's thread is running."""
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    # -- ownership ----------------------------------------------------------------------
+
+    def attach(self, owner_alive: Callable[[], bool] | None = None) -> None:
+        """The owner is (back) in charge: cancel a pending release."""
+        with self.lock:
+            self._released = False
+            self._owner_gone_since = None
+            if owner_alive is not None:
+                self._owner_alive = owner_alive
+
+    def release(self) -> None:
+        """The owner went away (its session ended): stop after `release_grace_s()` unless it comes back.
+
+        With a grace period of 0 the run is stopped at once, without the final evaluation,
+        and its model, optimiser and data are let go when the thread ends.
+        """
+        with self.lock:
+            self._released = True
+        self._check_owner(time.monotonic())
+
+    def _owner_gone(self) -> bool:
+        check = self._owner_alive
+        if check is not None:
+            try:
+                return not check()
+            except Exception:  # noqa: BLE001 - a failing probe must not kill the watchdog
+                return self._released
+        return self._released
+
+    def _check_owner(self, now: float) -> None:
+        if not self.alive:
+            return
+        gone = self._owner_gone()
+        with self.lock:
+            if not gone:
+                self._owner_gone_since = None
+                return
+            if self._owner_gone_since is None:
+                self._owner_gone_since = now
+            expired = now - self._owner_gone_since >= release_grace_s()
+            if expired and not self._owner_ended:
+                self._owner_ended = True
+                self._message = "The browser session that started this run went away, so the run was stopped."
+        if expired:
+            self.stop()
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _set(self, **fields: object) -> None:
+        with self.lock:
+            for k, v in fields.items():
+                setattr(self, "_" + k, v)
+
+    def _main(self, resume: bool) -> None:
+        try:
+            self._run(resume)
+        except VitCoreError as e:
+            self._set(status=FAILED, message=str(e), detail="")
+        except Exception as e:  # noqa: BLE001 - shown to the user; the thread must end cleanly
+            self._set(status=FAILED, message=f"Training failed: {type(e).__name__}: {e}", detail="")
+        finally:
+            with self.lock:
+                if self._owner_ended:
+                    # Nobody will look at this run again: let go of model, optimiser and data now.
+                    self._trainer = None
+                    self._data = None
+                    self._probe = None
+                    self._snapshots = []
+                    self._mistakes = []
+            _free_slot(self)
+
+    def _run(self, resume: bool) -> None:
+        if self._data is None:
+            _sweep_stale_runs(self.out_dir.parent)
+            self._data = load_source(self.source, progress=self._on_download)
+            self._set(download=None)
+        train, test = self._data
+        if self._stop_requested.is_set():
+            self._set(status=STOPPED, detail="", message=self._message or "Stopped before training started.")
+            return
+        cfg = self.cfg
+        if train.image_size != (cfg.img_size, cfg.img_size):
+            h, w = train.image_size
+            if h != w or h % cfg.patch_size:
+                raise DataError(
+                    f"The images are {w}x{h}: the trainer needs square images whose side is a multiple of the patch size {cfg.patch_size}."
+                )
+            cfg = cfg.replace(img_size=h)
+            with self.lock:
+                self.cfg = cfg
+        eval_set = _eval_subset(test, self.eval_size)
+        kwargs = {"on_step": self._on_step, "on_eval": self._on_eval}
+        self._set(detail="building the model")
+        if resume:
+            trainer = Trainer.resume(self.out_dir / "last.pt", train, eval_set, out_dir=self.out_dir, **kwargs)
+        else:
+            trainer = Trainer(cfg, train, eval_set, out_dir=self.out_dir, **kwargs)
+        probe = normalize_batch(test.images[self.probe_index % len(test)][None].to(trainer.device), cfg.mean, cfg.std)
+        params = trainer.model.num_params()
+        gh, gw = trainer.model.cfg.grid_size
+        with self.lock:
+            self._trainer = trainer
+            self._probe = probe
+            self._params = params
+            self._tokens = trainer.model.num_prefix_tokens + gh * gw
+            self._snapshot_every = max(1, trainer.total_steps // self.n_snapshots)
+            self._t_first = self._t_last = None
+            if self._pause_requested:
+                trainer.pause()
+            if self._stop_requested.is_set():
+                trainer.request_stop()
+            if self._status == LOADING:
+                self._status = PAUSED if self._pause_requested else TRAINING
+            self._detail = ""
+        if not self._snapshots or self._snapshots[-1].step != trainer.step:
+            self._snapshot(trainer)
+
+        result = trainer.run()
+
+        owner_ended = self._owner_ended
+        if result.status == "diverged":
+            # The weights in memory are not finite: go back to the last good checkpoint.
+            trainer.load_state(self.out_dir / "last.pt")
+        if not owner_ended:
+            self._set(status=FINISHING, detail="evaluating on the whole test set")
+            if not self._snapshots or self._snapshots[-1].step != trainer.step:
+                self._snapshot(trainer)
+            final = trainer.evaluate(test)
+            self._set(final=final, detail="finding the most confident mistakes")
+            mistakes = misclassified(trainer.model, test, limit=32, batch_size=cfg.eval_batch_size)
+            ckpt = save_checkpoint(
+                trainer.model, self.out_dir / "model.safetensors", extra=self._provenance(trainer, final, result.status)
+            )
+            self._set(mistakes=mistakes, checkpoint=ckpt)
+        status = {"finished": FINISHED, "stopped": STOPPED, "diverged": DIVERGED}.get(result.status, STOPPED)
+        message = result.message
+        if status == FINISHED and self._final is not None:
+            message = (
+                f"Finished {result.step} steps: test accuracy {self._final.acc:.1%} on all {len(test):,} test images."
+            )
+        with self.lock:
+            self._status = status
+            self._detail = ""
+            self._message = self._message if owner_ended else message
+
+    def _on_download(self, done: int, total: int) -> None:
+        self._set(download=(done, total), detail="downloading CIFAR-10")
+
+    def _on_step(self, m: StepMetrics) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self._steps.append(m.step)
+            self._loss.append(m.loss)
+            self._acc.append(m.acc)
+            self._lr.append(m.lr)
+            self._last = m
+            if self._t_first is None:
+                self._t_first, self._n_first = now, m.step
+            self._t_last, self._n_last = now, m.step
+            due = m.step % self._snapshot_every == 0 and m.step < m.total_steps
+        if due:
+            trainer = self._trainer
+            if trainer is not None:
+                self._snapshot(trainer)
+
+    def _on_eval(self, r: EvalResult) -> None:
+        with self.lock:
+            self._evals.append(r)
+
+    def _provenance(self, trainer: Trainer, final: EvalResult, status: str) -> dict[str, object]:
+        return {
+            "trained_by": "vit_core.runs (the app's Train page)",
+            "train_config": trainer.cfg.to_dict(),
+            "train_data": self.source.label(),
+            "status": status,
+            "step": trainer.step,
+            "epoch": round(trainer.step / trainer.steps_per_epoch, 3),
+            "test_acc": final.acc,
+            "train_seconds": round(trainer.train_seconds, 1),
+        }
+
+    def _snapshot(self, trainer: Trainer) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        try:
+            snap = take_snapshot(trainer.model, probe, trainer.step, trainer.step / trainer.steps_per_epoch)
+        except Exception as e:  # noqa: BLE001 - a failed picture must not stop the training
+            self._set(detail=f"snapshot failed: {e}")
+            return
+        with self.lock:
+            self._snapshots.append(snap)
+
+    # -- reading (any thread) -----------------------------------------------------------
+
+    def _can_resume_locked(self) -> bool:
+        return (
+            self._status == STOPPED
+            and not self._owner_ended
+            and (self.out_dir / "last.pt").is_file()
+            and self._data is not None
+        )
+
+    def view(self) -> RunView:
+        """A consistent copy of the run's state (cheap: lists of floats and references)."""
+        with self.lock:
+            m = self._last
+            train, test = self._data if self._data is not None else (None, None)
+            trainer = self._trainer
+            wall = 0.0
+            if self._t_first is not None and self._t_last is not None and self._t_last > self._t_first:
+                wall = (self._n_last - self._n_first) * self.cfg.batch_size / (self._t_last - self._t_first)
+            return RunView(
+                id=self.id,
+                status=self._status,
+                message=self._message,
+                detail=self._detail,
+                config=self.cfg,
+                source=self.source.label(),
+                out_dir=self.out_dir,
+                step=m.step if m else (trainer.step if trainer else 0),
+                total_steps=m.total_steps if m else (trainer.total_steps if trainer else 0),
+                epoch=m.epoch if m else 0.0,
+                images_per_s=m.images_per_s if m else 0.0,
+                wall_images_per_s=wall,
+                eta_s=m.eta_s if m else 0.0,
+                train_seconds=m.elapsed_s if m else 0.0,
+                params=self._params,
+                tokens=self._tokens,
+                train_size=len(train) if train is not None else 0,
+                test_size=len(test) if test is not None else 0,
+                eval_size=len(_eval_subset(test, self.eval_size)) if test is not None else 0,
+                class_names=list(train.class_names) if train is not None else [],
+                steps=list(self._steps),
+                loss=list(self._loss),
+                acc=list(self._acc),
+                lr=list(self._lr),
+                evals=list(self._evals),
+                snapshots=list(self._snapshots),
+                final=self._final,
+                mistakes=list(self._mistakes),
+                checkpoint=self._checkpoint,
+                can_resume=self._can_resume_locked(),
+                paused=self._status == PAUSED,
+                download=self._download,
+            )
+
+    def test_image(self, index: int) -> np.ndarray | None:
+        """(H, W, C) uint8 test image `index` (for the mistakes gallery and the probe), or None."""
+        data = self._data
+        if data is None:
+            return None
+        return data[1].images[index].permute(1, 2, 0).numpy()
+
+    def export_model(self) -> VisionTransformer:
+        """A copy of the trained model on the CPU in eval mode (later training does not change it).
+
+        Raises:
+            RuntimeError: the thread is still running, or there is no model.
+        """
+        if self.alive:
+            raise RuntimeError("the run is still training; stop it or let it finish first")
+        trainer = self._trainer
+        if trainer is None:
+            raise RuntimeError("this run has no model (it failed before training, or was released)")
+        model = copy.deepcopy(trainer.model).cpu().eval()
+        model.cfg.name = self.name
+        return model
+
+
+def _eval_subset(test: ImageDataset, n: int) -> ImageDataset:
+    if n <= 0 or n >= len(test):
+        return test
+    g = torch.Generator().manual_seed(0)
+    return test.subset(torch.randperm(len(test), generator=g)[:n].sort().values)
+
+
+def _sweep_stale_runs(root: Path, max_age_s: float = STALE_RUN_S) -> None:
+    """Remove run folders under `root` untouched for longer than `max_age_s` (best effort)."""
+    if not root.is_dir():
+        return
+    now = time.time()
+    live = {r.out_dir.resolve() for r in active_runs()}
+    for p in root.iterdir():
+        try:
+            if p.is_dir() and p.resolve() not in live and now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------
+# Downloading the official archive, on a thread
+# --------------------------------------------------------------------------------------
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class DownloadJob:
+    """Download (and unpack) the official CIFAR-10 into the cache on a background thread.
+
+    `view()` returns (status, bytes done, bytes total, message); status is "new",
+    "downloading", "unpacking", "done", "failed" or "cancelled".
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, url: str | None = None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.url = url or CIFAR10_URL
+        self.lock = threading.Lock()
+        self._status = "new"
+        self._done = 0
+        self._total = CIFAR10_DOWNLOAD_MB * 2**20
+        self._message = ""
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self.lock:
+            if self._thread is not None:
+                return
+            self._status = "downloading"
+            self._thread = threading.Thread(target=self._main, name="vit-cifar-download", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    release = cancel  # an owner that goes away cancels its download
+
+    @property
+    def alive(self) -> bool:
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    def view(self) -> tuple[str, int, int, str]:
+        with self.lock:
+            return self._status, self._done, self._total, self._message
+
+    def _progress(self, done: int, total: int) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled
+        with self.lock:
+            self._done = done
+            if total:
+                self._total = total
+
+    def _main(self) -> None:
+        try:
+            archive = download_cifar10(self.cache_dir, self._progress, url=self.url)
+            with self.lock:
+                self._status = "unpacking"
+            prepare_cifar10_archive(archive, self.cache_dir)
+            with self.lock:
+                self._status, self._message = "done", f"CIFAR-10 is in {self.cache_dir}."
+        except _Cancelled:
+            with self.lock:
+                self._status, self._message = "cancelled", "The download was cancelled."
+        except DataError as e:
+            with self.lock:
+                self._status, self._message = "failed", str(e)
+        except Exception as e:  # noqa: BLE001
+            with self.lock:
+                self._status, self._message = "failed", f"The download failed: {type(e).__name__}: {e}"
