@@ -277,7 +277,7 @@ def test_image_folder_reads_labels_pixels_and_caches(tmp_path: Path) -> None:
     assert train.class_names == ["cat", "dog"]
     assert train.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
     assert train.images.shape == (7, 3, 8, 8)
-    first = np.asarray(Image.open(root / "train" / "dog" / "0000.png")).transpose(2, 0, 1)
+    first = np.array(Image.open(root / "train" / "dog" / "0000.png")).transpose(2, 0, 1)
     assert torch.equal(train.images[3], torch.from_numpy(first))  # PNG is lossless
     cached = list((cache / "folders").glob("train-*.npz"))
     assert len(cached) == 1

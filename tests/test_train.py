@@ -6,6 +6,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,15 @@ def tiny_config(**changes: object) -> TrainConfig:
         std=(0.25, 0.25, 0.25),
     )
     return cfg.replace(**changes)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and a CPU shared with other jobs makes more threads slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
