@@ -207,6 +207,7 @@ def download_file(
                 f"The file downloaded from {url} has MD5 {h.hexdigest()}, not the published {md5}: "
                 "it is damaged or not the official file. It was deleted; try again."
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, dest)
     except BaseException:
         _remove_quietly(tmp)
@@ -586,6 +587,7 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
             os.replace(tmp, path)
         except BaseException:
             _remove_quietly(tmp)
