@@ -548,7 +548,8 @@ class RunView:
     mistakes: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None  # model.safetensors, once written
     can_resume: bool = False
-    paused: bool = False
+    paused: bool = False  # a pause was asked for
+    held: bool = False  # ... and the training loop is waiting in it (no step is in flight)
     download: tuple[int, int] | None = None  # (bytes done, total) while data is downloaded
 
     @property
@@ -617,6 +618,7 @@ class TrainingRun:
         self._owner_gone_since: float | None = None
         self._owner_ended = False
         self._download: tuple[int, int] | None = None
+        self._held = False  # the training loop is waiting in a pause
         # what view() copies
         self._steps: list[int] = []
         self._loss: list[float] = []
@@ -816,7 +818,7 @@ class TrainingRun:
             with self.lock:
                 self.cfg = cfg
         eval_set = _eval_subset(test, self.eval_size)
-        kwargs = {"on_step": self._on_step, "on_eval": self._on_eval}
+        kwargs = {"on_step": self._on_step, "on_eval": self._on_eval, "on_message": self._on_message}
         self._set(detail="building the model")
         if resume:
             trainer = Trainer.resume(self.out_dir / "last.pt", train, eval_set, out_dir=self.out_dir, **kwargs)
@@ -881,6 +883,7 @@ class TrainingRun:
             self._acc.append(m.acc)
             self._lr.append(m.lr)
             self._last = m
+            self._held = False
             if self._t_first is None:
                 self._t_first, self._n_first = now, m.step
             self._t_last, self._n_last = now, m.step
@@ -893,6 +896,11 @@ class TrainingRun:
     def _on_eval(self, r: EvalResult) -> None:
         with self.lock:
             self._evals.append(r)
+
+    def _on_message(self, msg: str) -> None:
+        if msg == "paused":  # the trainer says so just before its loop starts waiting
+            with self.lock:
+                self._held = True
 
     def _provenance(self, trainer: Trainer, final: EvalResult, status: str) -> dict[str, object]:
         return {
@@ -969,6 +977,7 @@ class TrainingRun:
                 checkpoint=self._checkpoint,
                 can_resume=self._can_resume_locked(),
                 paused=self._status == PAUSED,
+                held=self._held and self._status == PAUSED,
                 download=self._download,
             )
 

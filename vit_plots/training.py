@@ -12,7 +12,7 @@ from ._base import base_layout, figure, named_colorscale
 TRAIN_COLOR = "#636efa"
 TEST_COLOR = "#ef553b"
 LR_COLOR = "#00a58a"
-MAX_POINTS = 1500  # per trace: a 12-epoch run has ~2,400 steps; more points only cost bytes
+MAX_POINTS = 600  # per trace: a run has thousands of steps; more points only cost bytes on every poll
 
 
 def ema(values: Sequence[float], alpha: float = 0.05) -> np.ndarray:
