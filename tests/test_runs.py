@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from tests._tiny_data import make_cifar_archive, make_image_folder, tiny_config
+from tests._tiny_data import make_cifar_archive, make_image_folder, tiny_config, wait_for
 from vit_core import analysis as A
 from vit_core import load_checkpoint, runs
 from vit_core.errors import DataError
@@ -57,14 +57,6 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture
 def folder(env):
     return make_image_folder(env / "tiny")
-
-
-def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -112,7 +112,9 @@ def owner_probe() -> Callable[[], bool] | None:
     if sid is None or not Runtime.exists():
         return None
     runtime = Runtime.instance()
-    return lambda: runtime.is_active_session(sid)
+    if runtime.is_active_session(sid) is not True:
+        return None  # not a live server session (AppTest runs scripts under a mock runtime)
+    return lambda: runtime.is_active_session(sid) is True
 
 
 def _release(obj) -> None:
@@ -216,20 +218,18 @@ def suggested_path() -> str | None:
 
 
 @st.cache_data(ttl=30, max_entries=16, show_spinner=False)
-def _inspect(kind: str, path: str | None, mtime: float) -> DataInfo:
+def _inspect(kind: str, path: str | None, found: str | None, mtime: float) -> DataInfo:
+    """`inspect_source`, cached for a few seconds per source and what is on disk (`found`, `mtime`)."""
     return inspect_source(DataSource(kind, path))
 
 
 def _inspect_source(source: DataSource) -> DataInfo:
-    path = source.path
-    if path and not Path(path).is_absolute():
-        path = str(ROOT / path)  # relative paths are relative to the app, not the server's cwd
+    found = cifar10_cached() if source.kind == "cache" else (Path(source.path) if source.path else None)
     try:
-        mtime = Path(path).stat().st_mtime if path else 0.0
+        mtime = found.stat().st_mtime if found is not None else 0.0
     except OSError:
         mtime = 0.0
-    info = _inspect(source.kind, path, mtime)
-    return info
+    return _inspect(source.kind, source.path, str(found), mtime)
 
 
 def data_picker() -> tuple[DataSource | None, DataInfo | None]:

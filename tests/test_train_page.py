@@ -1,0 +1,265 @@
+"""The Train page through Streamlit's AppTest, on a tiny generated image folder and a tiny ViT.
+
+AppTest runs the page script in this process, so the test can look at the session's
+`TrainingRun` (what the background thread did) next to what the page shows. Fragments do not
+re-run by themselves under AppTest; each `at.run()` here stands for one poll of the page.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.runtime.caching import clear_session_resource_cache
+from streamlit.testing.v1 import AppTest
+
+from tests._tiny_data import make_cifar_archive, make_image_folder, wait_for
+from vit_core import runs
+from vit_core.runs import active_runs, model_size
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/6_train.py"
+TIMEOUT = 120
+APPTEST_SESSION = "test session id"  # the session id AppTest's LocalScriptRunner gives every script run
+TINY = {"train_patch": 8, "train_width": 32, "train_depth": 1, "train_heads": 2, "train_batch": 8}
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A 3-class image folder as the suggested data ($VIT_EXPLORER_DATA), run folders in tmp_path."""
+    folder = make_image_folder(tmp_path / "data")
+    monkeypatch.setenv("VIT_EXPLORER_DATA", str(folder))
+    monkeypatch.setenv("VIT_EXPLORER_TRAIN_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("VIT_EXPLORER_RUN_GRACE_S", "0")
+    monkeypatch.delenv("VIT_EXPLORER_MAX_RUNS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield folder
+    for run in active_runs():
+        run.stop()
+        run.join(30)
+    torch.set_num_threads(threads)
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def set_tiny(at: AppTest, epochs: float) -> None:
+    for key, value in TINY.items():
+        (at.slider(key=key) if key == "train_depth" else at.selectbox(key=key)).set_value(value)
+    at.number_input(key="train_epochs").set_value(epochs)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def poll(at: AppTest, cond, timeout: float = 60.0, what: str = "condition") -> None:
+    """Re-run the page (one poll) until `cond()` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        if cond():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def progress_text(at: AppTest) -> str:
+    bars = at.get("progress")
+    return bars[0].proto.text if bars else ""
+
+
+def texts(at: AppTest, kind: str) -> str:
+    return " | ".join(str(e.value) for e in getattr(at, kind))
+
+
+def test_start_live_pause_stop_resume_finish_and_use_the_model(tiny):
+    at = open_page()
+    assert at.title[0].value == "Train a ViT and watch it learn"
+    assert at.radio(key="train_source").value == "path" and at.text_input(key="train_path").value == str(tiny)
+    assert "72 training and 24 test images, 3 classes, 32x32 pixels" in texts(at, "success")
+    assert "train_run" not in at.session_state  # nothing trains before Start
+
+    set_tiny(at, epochs=10)
+    m = metrics(at)
+    params, tokens = model_size(
+        runs.APP_PRESETS["quick"].replace(**{"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}), 3
+    )
+    assert m["Parameters"] == f"{params:,}" and m["Tokens per image"] == str(tokens) == "17"
+    assert m["Optimiser steps"] == "90"  # 72 images / batch 8 = 9 steps per epoch, 10 epochs
+    assert m["Estimated time"].endswith(("s", "min"))
+    assert "timing two training steps" in texts(at, "caption")
+
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    run = at.session_state["train_run"]
+    assert run.alive or run.view().step > 0
+    assert run.cfg.batch_size == 8 and run.cfg.embed_dim == 32 and run.cfg.epochs == 10.0
+
+    # live: the page shows the thread's progress as it moves
+    poll(at, lambda: run.view().step > 0 and "step" in progress_text(at), what="the first steps on the page")
+    first = run.view().step
+    assert at.button(key="train_pause") and at.button(key="train_stop")
+    assert len(at.get("plotly_chart")) >= 1  # the curves
+    poll(at, lambda: run.view().step > first and run.view().snapshots, what="more steps and a snapshot")
+    shown = progress_text(at)
+    assert f"of {run.view().total_steps}" in shown
+
+    at.button(key="train_pause").click().run()
+    wait_for(lambda: run.view().held, what="the loop to hold")
+    held_at = run.view().step
+    at.run()
+    assert progress_text(at).startswith("Paused") and at.button(key="train_unpause")
+    time.sleep(0.4)
+    at.run()
+    assert run.view().step == held_at < 90
+
+    at.button(key="train_stop").click().run()
+    assert run.join(60)
+    poll(at, lambda: bool(at.warning), what="the stopped run's results")
+    v = run.view()
+    assert v.status == "stopped" and v.step == held_at
+    assert f"Stopped at step {held_at} of 90" in texts(at, "warning")
+    assert (v.out_dir / "last.pt").is_file() and v.checkpoint.is_file()
+    assert metrics(at)["Steps"] == f"{held_at} of 90"
+
+    at.button(key="train_resume").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert run.join(90)
+    poll(at, lambda: bool(at.success), what="the finished run's results")
+    v = run.view()
+    assert v.status == "finished" and v.step == 90 and v.steps == list(range(1, 91))
+    assert "Finished 90 steps: test accuracy" in texts(at, "success")
+    assert metrics(at)["Test accuracy"] == f"{v.final.acc:.1%}"
+    # curves, three snapshot panels, confusion matrix, per-class accuracy
+    assert len(at.get("plotly_chart")) == 6
+    steps = [s.step for s in v.snapshots]
+    slider = at.select_slider(key="train_snapshot")
+    assert list(slider.options) == [str(s) for s in steps] and slider.value == steps[-1] == 90
+    slider.set_value(0).run()
+    assert "Step 0 (epoch 0.00)." in texts(at, "caption")
+    assert at.get("download_button")  # the checkpoint, as .safetensors
+
+    at.button(key="train_use").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    name = at.session_state["_train_used"]
+    assert "is now selected" in texts(at, "info") and name in texts(at, "info")
+
+    # every page now offers (and shows) the trained model: the sidebar picker of another page
+    at.switch_page("pages/1_overview.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    picker = at.sidebar.selectbox(key="model_key")
+    assert f"session:{name}" in picker.options or f"Trained this session: {name}" in picker.options
+    assert at.session_state["model_key"] == f"session:{name}"
+    assert "Trained this session" in picker.value or picker.value == f"session:{name}"
+
+
+def test_the_thread_ends_when_the_session_ends(tiny):
+    at = open_page()
+    set_tiny(at, epochs=500)
+    at.button(key="train_start").click().run()
+    run = at.session_state["train_run"]
+    wait_for(lambda: run.view().step >= 2, what="two steps")
+    model_ref = weakref.ref(run._trainer.model)
+    thread = run._thread
+    # What Streamlit does when a browser tab goes away: clear the session's resource caches,
+    # which calls the page's on_release callback for the session-scoped lease.
+    clear_session_resource_cache(APPTEST_SESSION)
+    thread.join(15)
+    assert not thread.is_alive(), "the training thread outlived its session"
+    assert run not in active_runs()
+    assert run.view().status == "stopped" and "went away" in run.view().message
+    gc.collect()
+    assert model_ref() is None, "the session's model is still in memory"
+
+
+def test_cap_on_concurrent_runs_is_explained(tiny, monkeypatch):
+    monkeypatch.setenv("VIT_EXPLORER_MAX_RUNS", "1")
+    a = open_page()
+    set_tiny(a, epochs=500)
+    a.button(key="train_start").click().run()
+    run_a = a.session_state["train_run"]
+    assert run_a.alive
+
+    b = open_page()  # another browser session
+    assert "at most 1 at once" in texts(b, "caption")
+    set_tiny(b, epochs=1)
+    b.button(key="train_start").click().run()
+    assert "train_run" not in b.session_state
+    assert "already training 1 model" in texts(b, "error") and "VIT_EXPLORER_MAX_RUNS=1" in texts(b, "error")
+
+    run_a.stop()
+    assert run_a.join(30)
+    b.button(key="train_start").click().run()
+    assert "train_run" in b.session_state
+    assert b.session_state["train_run"].join(60) and b.session_state["train_run"].view().status == "finished"
+
+
+def test_the_rest_of_the_app_works_while_training(tiny):
+    at = open_page()
+    set_tiny(at, epochs=500)
+    at.button(key="train_start").click().run()
+    run = at.session_state["train_run"]
+    wait_for(lambda: run.view().step >= 1, what="a step")
+    for page in ("pages/4_positions.py", "pages/1_overview.py"):
+        at.switch_page(page).run()
+        assert not at.exception, [e.message for e in at.exception]
+    assert run.alive and run.view().status == "training"  # still going while another page is shown
+    at.switch_page(PAGE).run()
+    assert at.button(key="train_stop")  # back on the page: the live view of the same run
+    at.button(key="train_stop").click().run()
+    assert run.join(30) and run.view().status == "stopped"
+
+
+def test_bad_settings_disable_start(tiny):
+    at = open_page()
+    set_tiny(at, epochs=1)
+    at.selectbox(key="train_heads").set_value(3).run()  # 32 is not divisible by 3
+    assert "not divisible by 3 heads" in texts(at, "error")
+    assert at.button(key="train_start").disabled
+
+
+def test_no_local_data_says_what_to_fetch_and_downloads_only_on_click(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VIT_EXPLORER_DATA", str(cache))  # does not exist yet
+    monkeypatch.setattr("ui.training.ROOT", tmp_path)  # no ./data/cifar10 either
+    at = open_page()
+    assert at.radio(key="train_source").value == "path" and at.text_input(key="train_path").value == ""
+    info = texts(at, "info")
+    assert "No copy of CIFAR-10 was found" in info and "cifar-10-python.tar.gz" in info
+    assert "163 MB" in info and str(cache) in info
+    assert at.button(key="train_start").disabled
+
+    at.text_input(key="train_path").set_value(str(tmp_path / "missing")).run()
+    assert "does not exist" in texts(at, "error") and "No copy of CIFAR-10" in texts(at, "info")
+
+    at.radio(key="train_source").set_value("download").run()
+    assert "163 MB" in texts(at, "markdown") and "cs.toronto.edu" in texts(at, "markdown")
+    assert "train_download" not in at.session_state  # nothing downloads before the click
+    assert not cache.exists()
+
+    archive = make_cifar_archive(tmp_path / "mirror" / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(runs, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr("vit_core.data.CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    at.button(key="train_download_go").click().run()
+    job = at.session_state["train_download"]
+    assert job.join(30) and job.view()[0] == "done", job.view()
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert f"CIFAR-10 (extracted in {cache})" in texts(at, "success")
+    assert not at.button(key="train_start").disabled
