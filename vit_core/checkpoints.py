@@ -39,7 +39,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "model.safetensors.index.json",
     "pytorch_model.bin.index.json",
-    "open_clip_pytorch_model.bin",
 )
 # Wrappers of a state dict in a training checkpoint, in the order timm's loader prefers them.
 STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
