@@ -584,3 +584,10 @@ def test_download_progress_reports_bytes() -> None:
     bar.close()
     assert seen == [(0, 100), (30, 100), (100, 100)]
     assert pretrained_mod._progress_class(None) is None
+
+    def broken(done: int, total: int | None) -> None:
+        raise TypeError("a display bug")
+
+    bar = pretrained_mod._progress_class(broken)(total=None, disable=True)
+    bar.update(10)  # the error stays in the callback
+    bar.close()

@@ -326,15 +326,18 @@ def _progress_class(callback: ProgressCallback | None) -> type | None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._done = int(kwargs.get("initial") or 0)
-            callback(self._done, self._total())
+            self._report()
 
-        def _total(self) -> int | None:
+        def _report(self) -> None:
             total = getattr(self, "total", None)
-            return int(total) if total else None
+            try:
+                callback(self._done, int(total) if total else None)
+            except Exception:  # a failing progress display must not abort the download
+                pass
 
         def update(self, n: float | None = 1) -> bool | None:
             self._done += int(n or 0)
-            callback(self._done, self._total())
+            self._report()
             return super().update(n)
 
     return _Progress
