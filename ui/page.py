@@ -51,6 +51,8 @@ def clicked_patch(chart_key: str) -> int | None:
         return None
     for p in points:
         cd = p.get("customdata")
+        if isinstance(cd, dict):  # a typed array arrives from the browser as {"0": ..., "1": ...}
+            cd = [cd[k] for k in sorted(cd, key=int)]
         if cd is not None and len(cd) >= 1:
             return int(round(float(cd[0])))
     return None
