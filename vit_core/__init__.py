@@ -24,15 +24,11 @@ from .pretrained import (
     list_pretrained,
     load_pretrained,
 )
-from .train import PRESETS, TrainConfig, Trainer
 
 __all__ = [
     "CIFAR10_CLASSES",
     "ImageDataset",
     "load_cifar10",
-    "PRESETS",
-    "Trainer",
-    "TrainConfig",
     "CATALOGUE",
     "CIFAR10_MEAN",
     "CIFAR10_STD",

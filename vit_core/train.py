@@ -30,8 +30,9 @@ API (for the Train page and the CLI)
   stopped: the same batches, augmentations and learning rates as an uninterrupted run (on
   the same device and thread count). `config_changes={"epochs": ...}` moves the end of the
   cosine: shorter anneals sooner, longer continues a finished run (a warm restart).
-* `export_path=...` also writes the model-only checkpoint there whenever it beats the test
-  accuracy recorded in the file already there (how `assets/vit_cifar10.safetensors` is made).
+* `export_path=...` also writes the model-only checkpoint (weights stored as float16, half
+  the size; `load_checkpoint` casts them back) there whenever it beats the test accuracy
+  recorded in the file already there (how `assets/vit_cifar10.safetensors` is made).
 * The trainer holds no global state besides torch's thread count and RNG: data order and
   augmentation follow from (seed, epoch) and (seed, step), so a resumed run sees the same
   batches. Device "auto" picks CUDA, then Apple MPS, then CPU; bf16 autocast only on CUDA.
@@ -46,6 +47,7 @@ CLI: `python -m vit_core.train --preset quick --data data/cifar10 --out runs/qui
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -588,7 +590,9 @@ class Trainer:
                 if self.out_dir is not None:
                     save_checkpoint(self.model, self.out_dir / "best.safetensors", extra=self._provenance(res))
                 if self.export_path is not None and res.acc > exported_accuracy(self.export_path):
-                    save_checkpoint(self.model, self.export_path, extra=self._provenance(res))
+                    # fp16 halves the file; the loader casts back to the model's dtype
+                    half = copy.deepcopy(self.model).to("cpu", torch.float16)
+                    save_checkpoint(half, self.export_path, extra={**self._provenance(res), "stored_dtype": "float16"})
                     self._say(f"exported {self.export_path} (test accuracy {res.acc:.2%})")
             if self.on_eval:
                 self.on_eval(res)
