@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoints import save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint
 from .config import CIFAR10_MEAN, CIFAR10_STD, ViTConfig
 from .data import ImageDataset, augment_batch, iterate_batches, load_cifar10, normalize_batch
 from .errors import CheckpointError, DataError
@@ -767,6 +767,66 @@ class Trainer:
 # --------------------------------------------------------------------------------------
 
 
+def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike, test: ImageDataset) -> dict[str, Any]:
+    """Export a run's best model to `dest` (float16 safetensors) with `<dest stem>.metrics.json` beside it.
+
+    The written file is loaded back and evaluated on `test`, so the metrics describe exactly
+    the exported weights. Returns the metrics document.
+
+    Raises:
+        CheckpointError: the run folder has no readable `best.safetensors`.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    src = run_dir / "best.safetensors"
+    model = load_checkpoint(src)
+    provenance = {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(src), framework="pt") as f:
+            provenance = json.loads((f.metadata() or {}).get("extra", "{}"))
+    except Exception:  # noqa: BLE001 - provenance is optional
+        provenance = {}
+    save_checkpoint(model.half(), dest, extra={**provenance, "stored_dtype": "float16"})
+    exported = load_checkpoint(dest)
+    acc, loss, conf, _, _ = evaluate(exported, test, exported.cfg.mean, exported.cfg.std)
+    res = _eval_result(
+        conf,
+        acc,
+        loss,
+        int(provenance.get("step", 0)),
+        float(provenance.get("epoch", 0.0)),
+        test.class_names,
+        float(provenance.get("train_seconds", 0.0)),
+        float("nan"),
+    )
+    run_metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    doc = {
+        "file": dest.name,
+        "name": exported.cfg.name,
+        "params": exported.num_params(),
+        "test_acc": acc,
+        "test_loss": loss,
+        "test_data": test.source,
+        "test_images": len(test),
+        "per_class_acc": dict(zip(test.class_names, res.per_class_acc)),
+        "confusion": res.confusion,
+        "class_names": list(test.class_names),
+        "step": provenance.get("step"),
+        "epoch": provenance.get("epoch"),
+        "train_seconds": provenance.get("train_seconds"),
+        "train_data": provenance.get("train_data"),
+        "train_images": provenance.get("train_images"),
+        "train_config": provenance.get("train_config"),
+        "run_history": run_metrics.get("history", []),
+    }
+    path = dest.with_name(dest.name.removesuffix(".safetensors") + ".metrics.json")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+    return doc
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m vit_core.train", description="Train a ViT on CIFAR-10 or an image folder."
@@ -784,6 +844,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--export", default=None, help="also write each new best model (safetensors) here")
+    p.add_argument(
+        "--export-only",
+        action="store_true",
+        help="no training: write <out>/best.safetensors to --export (float16), evaluate the written file on the "
+        "test split and put its metrics beside it (<name>.metrics.json)",
+    )
     p.add_argument(
         "--threads",
         default=None,
@@ -820,6 +886,18 @@ def main(argv: list[str] | None = None) -> int:
         if f.name not in ("mean", "std", "betas") and getattr(args, f.name) is not None
     }
     out = Path(args.out)
+    if args.export_only:
+        if not args.export:
+            print("error: --export-only needs --export PATH", file=sys.stderr)
+            return 2
+        try:
+            test = load_cifar10(args.data, "test", download=args.download, cache_dir=args.cache_dir)
+            doc = export_run(out, args.export, test)
+        except (DataError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.export}: test accuracy {doc['test_acc']:.2%} (step {doc['step']}, epoch {doc['epoch']})")
+        return 0
     try:
         train = load_cifar10(
             args.data, "train", download=args.download, cache_dir=args.cache_dir, progress=_download_bar()
