@@ -13,10 +13,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from vit_core import load_checkpoint
 from vit_core.data import ImageDataset
-from vit_core.train import PRESETS, TrainConfig, Trainer, exported_accuracy, lr_at, main, misclassified
+from vit_core.train import (
+    PRESETS,
+    TrainConfig,
+    Trainer,
+    export_run,
+    exported_accuracy,
+    lr_at,
+    main,
+    misclassified,
+)
 
 CLASSES = ["red", "green", "blue", "grey"]
 
@@ -123,6 +133,13 @@ def test_tiny_run_learns(data: tuple[ImageDataset, ImageDataset], tmp_path: Path
     worse = Trainer(tiny_config(epochs=0.125), train, test, export_path=tmp_path / "export.safetensors")
     assert worse.run().final.acc < res.best_acc
     assert (tmp_path / "export.safetensors").read_bytes() == before
+    # --export-only: the run's best model as float16, evaluated after writing
+    doc = export_run(tmp_path, tmp_path / "asset.safetensors", test)
+    assert abs(doc["test_acc"] - res.best_acc) <= 2 / len(test)  # fp16 rounding may flip a borderline image
+    meta = json.loads((tmp_path / "asset.metrics.json").read_text())
+    assert meta["test_acc"] == doc["test_acc"] and set(meta["per_class_acc"]) == set(CLASSES)
+    assert load_file(tmp_path / "asset.safetensors")["head.weight"].dtype == torch.float16
+    assert load_checkpoint(tmp_path / "asset.safetensors").head.weight.dtype == torch.float32
 
 
 def test_misclassified_gallery(data: tuple[ImageDataset, ImageDataset]) -> None:
