@@ -639,7 +639,7 @@ def load_cifar10(
         if not archive.is_file():
             if not download:
                 raise DataError(
-                    f"CIFAR-10 is not in {cache}. Download it (download=True, about 163 MB), set "
+                    f"CIFAR-10 is not in {cache}. Download it (download=True, 170 MB), set "
                     f"${CACHE_ENV} to a folder that has it, or pass the path of a local copy."
                 )
             archive = download_cifar10(cache, progress)
