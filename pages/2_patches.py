@@ -71,7 +71,7 @@ st.markdown(
     "model gets. Where a patch came from is no longer visible in the sequence itself; the model is told "
     "later, by the position embeddings (see *Position embeddings*)."
 )
-chart(vp.patch_animation_figure(cur.prep.display, cur.grid, P), key="patch_anim")
+chart(compute.patch_animation(cur.prep, cur.model_id, cur.image_key), key="patch_anim")
 
 st.subheader("The patch matrix")
 st.markdown(

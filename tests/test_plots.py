@@ -71,7 +71,7 @@ def test_named_colorscales_avoid_streamlit_placeholders():
 def test_blend_ends_and_upscaling(image):
     heat = np.arange(12, dtype=float).reshape(3, 4)
     s = vp.display_scale(12, 16)
-    assert s == int(np.ceil(256 / 16))
+    assert s == int(np.ceil(128 / 16))
     only_image = vp.blend(image, heat, alpha=0.0)
     assert only_image.shape == (12 * s, 16 * s, 3)
     assert np.array_equal(only_image[::s, ::s], to_uint8(image))  # pixel-sharp upscaling
@@ -152,6 +152,7 @@ def test_patch_animation_moves_every_patch_from_grid_to_sequence(image):
         s = tile.shape[0] // 4
         r, c = divmod(i, 4)
         assert np.array_equal(tile[::s, ::s], a[r * 4 : r * 4 + 4, c * 4 : c * 4 + 4])
+    assert all(d.type == "image" for f in fig.frames for d in f.data)  # frames move the image traces
     first = [(d.x0, d.y0) for d in fig.frames[0].data]
     last = [(d.x0, d.y0) for d in fig.frames[-1].data]
     assert first == [(tr.x0, tr.y0) for tr in imgs]  # frame 0 is the (exploded) grid

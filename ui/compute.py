@@ -12,10 +12,12 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 from PIL import Image
 
+import vit_plots as vp
 from vit_core import VisionTransformer, ViTTrace, load_image, preprocess_steps
 from vit_core import analysis as A
 from vit_core.images import denormalize
@@ -190,6 +192,8 @@ def occluded(
     _model: VisionTransformer, model_id: str, _prep: Prepared, image_key: str, patches: tuple[int, ...], mode: str
 ) -> dict:
     """Probabilities with some patches hidden, and the hidden image for display."""
+    if not patches:  # nothing hidden: the forward pass already made
+        return {"probs": _prep.probs, "display": _prep.display}
     with torch.no_grad():
         probs = A.occlude_patches(_model, _prep.x, list(patches), mode).softmax(-1)[0].numpy()
         shown = A.occlude_image(_prep.x, list(patches), _model.patch_size, "mean" if mode == "drop" else mode)
@@ -214,6 +218,14 @@ def shuffled(_model: VisionTransformer, model_id: str, _prep: Prepared, image_ke
         "no_pos_max_diff": float((none_orig - none_shuf).abs().max()),
         "display": denormalize(image, _model.cfg),
     }
+
+
+@st.cache_resource(max_entries=8, ttl=TTL, show_spinner=False)
+def patch_animation(_prep: Prepared, model_id: str, image_key: str) -> go.Figure:
+    """The patches-to-sequence animation (one trace per patch, and frames: slow to build, so
+    built once per model and image; the figure is shared read-only, st.plotly_chart copies it)."""
+    t = _prep.trace
+    return vp.patch_animation_figure(_prep.display, t.grid, t.patch_size)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

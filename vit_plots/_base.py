@@ -20,7 +20,7 @@ from plotly.colors import get_colorscale, hex_to_rgb, sample_colorscale, unlabel
 TRANSPARENT = "rgba(0,0,0,0)"
 # White text with a dark halo reads on any image and in both themes.
 ON_IMAGE_FONT = {"color": "white", "shadow": "0px 0px 3px black"}
-MIN_DISPLAY_PX = 256  # images smaller than this (CIFAR's 32 px) are drawn upscaled, pixel-sharp
+MIN_DISPLAY_PX = 128  # smaller images (CIFAR: 32 px) are upscaled for blending; plotly draws them pixelated
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ def sequence_layout(n: int, gw: int) -> int:
 
 
 def patch_animation_figure(
-    image: np.ndarray, grid: tuple[int, int], patch_size: int, n_frames: int = 14, height: int | None = None
+    image: np.ndarray, grid: tuple[int, int], patch_size: int, n_frames: int = 10, height: int | None = None
 ) -> go.Figure:
     """Patches leave the image and line up as a sequence (play button, plotly frames).
 
@@ -72,7 +72,7 @@ def patch_animation_figure(
         frames.append(
             {
                 "name": str(k),
-                "data": [{"x0": float(p[0] + half), "y0": float(p[1] + half)} for p in pos],
+                "data": [{"type": "image", "x0": float(p[0] + half), "y0": float(p[1] + half)} for p in pos],
                 "traces": list(range(n)),
             }
         )
