@@ -263,3 +263,27 @@ def test_no_local_data_says_what_to_fetch_and_downloads_only_on_click(tmp_path, 
     assert not at.exception, [e.message for e in at.exception]
     assert f"CIFAR-10 (extracted in {cache})" in texts(at, "success")
     assert not at.button(key="train_start").disabled
+
+
+def test_use_this_model_after_the_app_modules_were_reloaded(tiny, monkeypatch):
+    """Streamlit re-imports edited modules: a run started before holds a model of the old class."""
+    import ui.training
+    from vit_core.model import VisionTransformer
+
+    class Reloaded(VisionTransformer):  # stands for the class of a re-imported vit_core.model
+        pass
+
+    at = open_page()
+    set_tiny(at, epochs=1)
+    at.button(key="train_start").click().run()
+    run = at.session_state["train_run"]
+    assert run.join(60)
+    poll(at, lambda: bool(at.success), what="the results")
+    monkeypatch.setattr(ui.training, "VisionTransformer", Reloaded)
+    at.button(key="train_use").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    name = at.session_state["_train_used"]
+    model = at.session_state["session_models"][name].model
+    assert type(model) is Reloaded and not model.training
+    trained = run.export_model().state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())

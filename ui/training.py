@@ -25,6 +25,7 @@ from ui.models import register_session_model
 from ui.page import chart
 from vit_core.data import CACHE_ENV, CIFAR10_ARCHIVE, CIFAR10_URL, default_cache_dir
 from vit_core.errors import DataError
+from vit_core.model import VisionTransformer
 from vit_core.runs import (
     APP_PRESETS,
     CIFAR10_DOWNLOAD_MB,
@@ -185,6 +186,12 @@ def _use_model(run: TrainingRun) -> None:
     except RuntimeError as e:
         st.session_state[_ERROR] = str(e)
         return
+    if not isinstance(model, VisionTransformer):
+        # The app's modules were reloaded (a source file changed) since the run began: the
+        # picker checks against the current class, so rebuild the model from its weights.
+        fresh = VisionTransformer(model.cfg, list(model.class_names))
+        fresh.load_state_dict(model.state_dict())
+        model = fresh.eval()
     v = run.view()
     acc = f", {v.final.acc:.0%}" if v.final is not None else ""
     name = f"{run.name} · step {v.step}{acc} · {run.id[:4]}"
@@ -245,8 +252,8 @@ def data_picker() -> tuple[DataSource | None, DataInfo | None]:
     if choice == "path":
         st.session_state.setdefault("train_path", suggested or "")
         raw = st.text_input(
-            "Path of the CIFAR-10 archive (cifar-10-python.tar.gz), its extracted folder, or an image folder "
-            "(train/<class>/*.png and test/<class>/*.png)",
+            "Path of the CIFAR-10 archive (`cifar-10-python.tar.gz`), its extracted folder, or an image folder "
+            "(`train/<class>/*.png` and `test/<class>/*.png`)",
             key="train_path",
             placeholder="data/cifar10",
         ).strip()
@@ -422,7 +429,8 @@ def settings_form(info: DataInfo | None) -> TrainConfig | None:
     if info is not None:
         steps_per_epoch = max(1, info.train_size // cfg.batch_size)
         total = max(1, round(cfg.epochs * steps_per_epoch))
-        cfg = cfg.replace(eval_every=max(1, total // 12))  # about a dozen points on the test curve
+        # About a dozen points on the test curve, but not more often than every half epoch.
+        cfg = cfg.replace(eval_every=max(1, total // 12, steps_per_epoch // 2))
     return cfg
 
 
@@ -431,6 +439,11 @@ def _seconds_per_image(shape: tuple, num_classes: int) -> float:
     patch, width, depth, heads, mlp, img = shape
     cfg = TrainConfig(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp)
     return measure_seconds_per_image(cfg, num_classes)
+
+
+def fmt_params(n: int) -> str:
+    """'1.82 M' or '15,459'."""
+    return f"{n / 1e6:.2f} M" if n >= 100_000 else f"{n:,}"
 
 
 def fmt_duration(s: float) -> str:
@@ -456,7 +469,7 @@ def summary(cfg: TrainConfig, info: DataInfo) -> None:
     eval_size = min(2000, info.test_size)
     est = estimate_seconds(cfg, spi, info.train_size, eval_size, info.test_size)
     c = st.columns(4)
-    c[0].metric("Parameters", f"{params / 1e6:.2f} M" if params >= 1e5 else f"{params:,}")
+    c[0].metric("Parameters", fmt_params(params))
     c[1].metric("Tokens per image", f"{tokens}", help=f"({cfg.img_size}/{cfg.patch_size})² patches + [CLS]")
     c[2].metric("Optimiser steps", f"{total:,}", help=f"{steps_per_epoch:,} per epoch of {info.train_size:,} images")
     c[3].metric("Estimated time", fmt_duration(est))
@@ -556,7 +569,7 @@ def progress_block(run: TrainingRun, v: RunView) -> None:
     c[2].metric(
         "Test accuracy", f"{last_eval.acc:.1%}" if last_eval else "–", help=f"On {v.eval_size:,} held-out images"
     )
-    c[3].metric("Parameters", f"{v.params / 1e6:.2f} M" if v.params else "–")
+    c[3].metric("Parameters", fmt_params(v.params) if v.params else "–")
     with c[4]:
         b = st.columns(2)
         if v.paused:

@@ -75,9 +75,9 @@ def training_curves_figure(
     xr = [0, xmax]
     axis = {"range": xr, "title": {"text": "step"}, "zeroline": False}
     layout = {
-        **base_layout(height, margin={"l": 50, "r": 10, "t": 50, "b": 40}),
+        **base_layout(height, margin={"l": 50, "r": 10, "t": 30, "b": 40}),
         "showlegend": True,
-        "legend": {"orientation": "h", "x": 0.0, "y": 1.22, "xanchor": "left"},
+        "legend": {"orientation": "h", "x": 0.0, "y": 1.02, "xanchor": "left", "yanchor": "bottom"},
         "hovermode": "x unified",
         "xaxis": {**axis, "domain": [0.0, 0.29]},
         "xaxis2": {**axis, "domain": [0.355, 0.645], "anchor": "y2"},
@@ -85,10 +85,6 @@ def training_curves_figure(
         "yaxis": {"title": {"text": "loss"}, "rangemode": "tozero"},
         "yaxis2": {"title": {"text": "accuracy (%)"}, "range": [0, 100], "anchor": "x2"},
         "yaxis3": {"title": {"text": "learning rate"}, "exponentformat": "e", "rangemode": "tozero", "anchor": "x3"},
-        "annotations": [
-            {"text": t, "x": x, "y": 1.02, "xref": "paper", "yref": "paper", "showarrow": False, "xanchor": "center", "yanchor": "bottom", "font": {"size": 13}}
-            for t, x in (("loss", 0.145), ("accuracy", 0.5), ("learning rate", 0.855))
-        ],
     }  # fmt: skip
     return figure(data, layout)
 
@@ -146,7 +142,7 @@ def per_class_figure(per_class_acc: Sequence[float], class_names: Sequence[str],
         "hovertemplate": "%{y}: %{x:.1f}% of its test images right<extra></extra>",
     }
     layout = {
-        **base_layout(height, margin={"l": 90, "r": 10, "t": 10, "b": 40}),
+        **base_layout(height, margin={"l": 90, "r": 10, "t": 28, "b": 40}),
         "xaxis": {"range": [0, 100], "title": {"text": "accuracy (%)"}},
         "yaxis": {"autorange": "reversed"},
         "shapes": [
@@ -168,6 +164,7 @@ def per_class_figure(per_class_acc: Sequence[float], class_names: Sequence[str],
                 "text": f"mean {mean:.0f}%",
                 "showarrow": False,
                 "yanchor": "bottom",
+                "xanchor": "right" if mean > 70 else "left",
                 "font": {"size": 11},
             }
         ],

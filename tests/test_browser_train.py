@@ -1,0 +1,223 @@
+"""The Train page in a real browser: Debian's Chromium driven by Playwright.
+
+Starts `streamlit run app.py` (the same way as tests/test_browser.py) with a tiny generated
+image folder as the suggested data, trains the quick model for a few steps from the page,
+uses the result in the sidebar picker, and checks that closing a tab stops that tab's run.
+Screenshots go to tests/artifacts/ (train_setup, train_live, train_results).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests._tiny_data import make_image_folder
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train_browser")
+    data = make_image_folder(tmp / "data")
+    runs_dir = tmp / "runs"
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VIT_EXPLORER_DATA": str(data),
+        "VIT_EXPLORER_TRAIN_DIR": str(runs_dir),
+        "VIT_EXPLORER_RUN_GRACE_S": "0",
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / "streamlit_train.log", "w")
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port)]
+    proc = subprocess.Popen(
+        cmd + ["--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start (exit {proc.poll()}); see tests/artifacts/streamlit_train.log")
+            time.sleep(0.3)
+        yield url, runs_dir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        yield b
+        b.close()
+
+
+def idle(pg, settle: float = 0.8) -> None:
+    time.sleep(0.3)
+    pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
+    time.sleep(settle)
+
+
+def shoot(pg, name: str) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    js = "() => { const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : document.body.scrollHeight; }"
+    for pause in (0.6, 0.9):
+        pg.set_viewport_size({"width": 1500, "height": int(min(pg.evaluate(js) + 40, 9000))})
+        time.sleep(pause)
+    pg.screenshot(path=str(path))
+    pg.set_viewport_size({"width": 1500, "height": 1000})
+    time.sleep(0.3)
+    return path
+
+
+def open_train_page(browser, url: str):
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    pg = context.new_page()
+    pg.goto(url)
+    idle(pg)
+    pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Train", exact=True).click()
+    pg.wait_for_selector("h1:has-text('Train a ViT and watch it learn')", timeout=60_000)
+    idle(pg)
+    return context, pg
+
+
+def choose(pg, label: str, option: str) -> None:
+    """Pick `option` in the selectbox labelled `label` (a react-aria combobox in Streamlit 1.67)."""
+    pg.get_by_role("combobox", name=label, exact=True).click()
+    pg.get_by_role("option", name=option, exact=True).first.click()
+    idle(pg, 0.3)
+
+
+def type_number(pg, label: str, value: str) -> None:
+    field = pg.get_by_label(label, exact=True)
+    field.fill(value)
+    field.press("Enter")
+    idle(pg, 0.3)
+
+
+def small_model(pg) -> None:
+    """Width 32, 2 heads, 1 block: a few thousand parameters, steps in milliseconds."""
+    choose(pg, "Heads", "2")
+    choose(pg, "Width D", "32")
+    thumb = pg.get_by_role("slider", name="Depth L")
+    thumb.focus()
+    thumb.press("Home")
+    idle(pg, 0.3)
+
+
+def newest_metrics(runs_dir: Path) -> dict:
+    folders = sorted((p for p in runs_dir.iterdir() if (p / "metrics.json").is_file()), key=lambda p: p.stat().st_mtime)
+    return json.loads((folders[-1] / "metrics.json").read_text()) if folders else {}
+
+
+def test_train_a_few_steps_and_use_the_model(server, browser):
+    url, _ = server
+    context, pg = open_train_page(browser, url)
+    try:
+        main = pg.locator('[data-testid="stMain"]')
+        assert "72 training and 24 test images" in main.inner_text()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        small_model(pg)
+        choose(pg, "Batch size", "8")
+        type_number(pg, "Epochs", "3")  # 9 steps per epoch: 27 steps
+        assert re.search(r"Optimiser steps\s*27", main.inner_text())
+        shoot(pg, "train_setup")
+
+        pg.get_by_role("button", name=re.compile("Start training")).click()
+        pg.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some(e => /step [1-9]/.test(e.innerText))",
+            timeout=120_000,
+        )
+        assert pg.get_by_role("button", name=re.compile("Pause")).count() == 1
+        time.sleep(1.5)  # let the curves draw
+        shoot(pg, "train_live")
+
+        pg.wait_for_function(
+            "() => (document.querySelector('[data-testid=\"stMain\"]') || {innerText: ''}).innerText.includes('Finished 27 steps')",
+            timeout=180_000,
+        )
+        idle(pg, 1.5)
+        assert pg.locator('[data-testid="stException"]').count() == 0
+        text = main.inner_text()
+        assert "Test accuracy" in text and "How the structures emerged" in text and "Confusion matrix" in text
+        assert pg.locator(".js-plotly-plot").count() >= 6
+        assert pg.get_by_role("button", name=re.compile("Download the checkpoint")).count() == 1
+        shoot(pg, "train_results")
+
+        pg.get_by_role("button", name=re.compile("Use this model")).click()
+        idle(pg)
+        picker = pg.get_by_role("combobox", name="Model", exact=True)
+        assert picker.input_value().startswith("Trained this session: ViT P8 D32 L1")
+        assert "is now selected in the sidebar's model picker" in main.inner_text()
+        # ... and another page explains that model
+        pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Position embeddings", exact=True).click()
+        idle(pg)
+        assert picker.input_value().startswith("Trained this session: ViT P8 D32 L1")
+        assert "grid 4x4" in pg.locator('[data-testid="stSidebar"]').inner_text()  # patch 8 on 32 px
+        assert pg.locator('[data-testid="stException"]').count() == 0
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_closing_the_tab_stops_its_run(server, browser):
+    url, runs_dir = server
+    context, pg = open_train_page(browser, url)
+    small_model(pg)
+    choose(pg, "Batch size", "8")
+    type_number(pg, "Epochs", "500")
+    pg.get_by_role("button", name=re.compile("Start training")).click()
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some(e => /step [1-9]/.test(e.innerText))",
+        timeout=120_000,
+    )
+    assert not any((p / "metrics.json").is_file() for p in runs_dir.iterdir() if p.stat().st_mtime > time.time() - 5)
+    context.close()  # the tab goes away
+    deadline = time.time() + 30
+    while newest_metrics(runs_dir).get("status") != "stopped":
+        assert time.time() < deadline, (
+            f"the run kept going after its tab closed: {newest_metrics(runs_dir).get('status')}"
+        )
+        time.sleep(0.5)
+    m = newest_metrics(runs_dir)
+    assert 0 < m["step"] < m["total_steps"]
