@@ -177,20 +177,23 @@ if needs_head(cur, "A class-specific map"):
     classes = list(range(len(cur.class_names)))
     order = list(vp.top_k(cur.prep.probs, len(classes)))
     keep_in("chefer_class", classes, order[0])
-    target = st.selectbox(
+    c1, c2 = st.columns([1, 2])
+    target = c1.selectbox(
         "Class",
         order,
         key="chefer_class",
         format_func=lambda c: f"{cur.class_names[c]} ({cur.prep.probs[c] * 100:.1f}%)",
         help="Sorted by the model's probability.",
     )
+    c1.caption("Compare the predicted class with the runner-up: the maps often point at different parts of the image.")
     cmap = compute.class_map(cur.model, cur.model_id, cur.prep, cur.image_key, int(target))
-    chart(
-        vp.overlay_figure(
-            cur.prep.display, cmap, cur.grid, P, colorbar_title="relevance", value_name="relevance", height=400
-        ),
-        key="chefer_map",
-    )
+    with c2:
+        chart(
+            vp.overlay_figure(
+                cur.prep.display, cmap, cur.grid, P, colorbar_title="relevance", value_name="relevance", height=400
+            ),
+            key="chefer_map",
+        )
 
 st.subheader("How far does each head look?")
 hm = compute.head_maps(cur.prep, cur.model_id, cur.image_key)

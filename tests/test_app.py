@@ -113,6 +113,17 @@ def test_navigation_lists_every_page(app):
     assert app.selectbox(key="model_key").value == MODEL_KEY
     for path, _, _ in PAGES:
         assert (ROOT / path).exists()
+    # the navigation lists the Train page when its file exists (it is written separately)
+    nav = [p["page_name"] for p in app._registered_pages.values() if "page_name" in p]
+    assert ("Train" in nav) == (ROOT / "pages" / "6_train.py").exists(), nav
+    assert [n for n in nav if n != "Train"] == [
+        "Overview",
+        "Patches",
+        "Embeddings",
+        "Position embeddings",
+        "Attention",
+        "Prediction",
+    ]
 
 
 @pytest.mark.parametrize("page,title,n_charts", PAGES, ids=[p[0].split("/")[1][:-3] for p in PAGES])

@@ -144,8 +144,9 @@ def test_crop_figure_outlines_the_crop(image):
 
 def test_patch_animation_moves_every_patch_from_grid_to_sequence(image):
     fig = valid(vp.patch_animation_figure(image, (3, 4), 4, n_frames=6))
-    imgs = trace_of(fig, "image")
-    assert len(imgs) == 12 and len(fig.frames) == 6
+    ghost, *imgs = trace_of(fig, "image")
+    assert ghost.opacity < 1 and len(imgs) == 12 and len(fig.frames) == 6
+    assert list(fig.frames[0].traces) == list(range(1, 13))  # the frames move the patches, not the ghost
     a = to_uint8(image)
     for i, tr in enumerate(imgs):  # each trace shows its own patch
         tile = decode(tr.source)

@@ -37,9 +37,14 @@ def needs_head(cur: Current, what: str) -> bool:
     return False
 
 
+def _width(fig: go.Figure) -> str:
+    """Figures that set their own width (images) keep it; the others stretch to the column."""
+    return "content" if fig.layout.width else "stretch"
+
+
 def chart(fig: go.Figure, key: str | None = None) -> None:
-    """A plotly figure at full width with a quiet mode bar."""
-    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
+    """A plotly figure with a quiet mode bar."""
+    st.plotly_chart(fig, width=_width(fig), config=PLOTLY_CONFIG, key=key)
 
 
 def clicked_patch(chart_key: str) -> int | None:
@@ -66,7 +71,7 @@ def clickable_chart(fig: go.Figure, key: str, on_patch: Callable[[int], None]) -
         if patch is not None:
             on_patch(patch)
 
-    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key, on_select=_cb, selection_mode="points")
+    st.plotly_chart(fig, width=_width(fig), config=PLOTLY_CONFIG, key=key, on_select=_cb, selection_mode="points")
 
 
 def keep_in(key: str, allowed, default) -> None:

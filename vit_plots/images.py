@@ -50,11 +50,25 @@ def _marks(grid: tuple[int, int], patch_size: float, selected: int | None, marke
     return shapes
 
 
+COLORBAR_PX = 100  # room for a colour bar with its title
+
+
+def fit_width(layout: dict, height: float, width: float, colorbar: bool = False) -> dict:
+    """Set the figure width so an image of `height` x `width` pixels fills its height (no side gaps).
+
+    Streamlit shows such a figure at this width (or narrower, in a narrow column).
+    """
+    m = layout["margin"]
+    plot_h = layout["height"] - m["t"] - m["b"]
+    layout["width"] = int(round(plot_h * width / height + m["l"] + m["r"] + (COLORBAR_PX if colorbar else 0)))
+    return layout
+
+
 def image_figure(image: np.ndarray, height: int = 320, title: str | None = None) -> go.Figure:
     """Just the image, pixel-exact, no axes."""
     a = to_uint8(image)
     H, W = a.shape[:2]
-    return figure([image_trace(sharp(a), (H, W))], {**base_layout(height, title), **image_axes(H, W)})
+    return figure([image_trace(sharp(a), (H, W))], fit_width({**base_layout(height, title), **image_axes(H, W)}, H, W))
 
 
 def crop_figure(
@@ -64,7 +78,8 @@ def crop_figure(
     a = to_uint8(original)
     H, W = a.shape[:2]
     shapes = box_shapes(np.asarray(crop_box, dtype=float)[None], color=SELECTED_COLOR, width=3, dash="dash")
-    return figure([image_trace(sharp(a), (H, W))], {**base_layout(height, title), **image_axes(H, W), "shapes": shapes})
+    layout = fit_width({**base_layout(height, title), **image_axes(H, W), "shapes": shapes}, H, W)
+    return figure([image_trace(sharp(a), (H, W))], layout)
 
 
 def patch_grid_figure(
@@ -112,7 +127,7 @@ def patch_grid_figure(
         "shapes": grid_lines(grid, patch_size) + _marks(grid, patch_size, selected, marked),
         "hoverdistance": -1,
     }
-    return figure(data, layout)
+    return figure(data, fit_width(layout, H, W))
 
 
 def overlay_figure(
@@ -165,4 +180,4 @@ def overlay_figure(
         "shapes": _marks(grid, patch_size, selected, marked),
         "hoverdistance": -1,
     }
-    return figure([image_trace(blended, (H, W)), targets], layout)
+    return figure([image_trace(blended, (H, W)), targets], fit_width(layout, H, W, colorbar=True))

@@ -46,7 +46,19 @@ def patch_animation_figure(
     end = np.stack([(idx % per_row) * (P + gap), seq_top + (idx // per_row) * (P + gap)], axis=1).astype(float)
     scale = max(1, int(np.ceil(24 / P)))  # each patch's source is at least 24 px, drawn pixel-sharp
     half = 0.5 / scale
-    traces = []
+    # trace 0: a faint ghost of the image where the grid was, so the origin stays visible
+    gx, gy = (gw * (P + gap) - gap) / W, (gh * (P + gap) - gap) / H
+    ghost = {
+        "type": "image",
+        "source": png_data_uri(a),
+        "x0": gx / 2,
+        "y0": gy / 2,
+        "dx": gx,
+        "dy": gy,
+        "opacity": 0.25,
+        "hoverinfo": "skip",
+    }
+    traces = [ghost]
     for i in range(n):
         tile = a[r[i] * P : (r[i] + 1) * P, c[i] * P : (c[i] + 1) * P]
         if scale > 1:
@@ -73,7 +85,7 @@ def patch_animation_figure(
             {
                 "name": str(k),
                 "data": [{"type": "image", "x0": float(p[0] + half), "y0": float(p[1] + half)} for p in pos],
-                "traces": list(range(n)),
+                "traces": list(range(1, n + 1)),
             }
         )
     width = max(end[:, 0].max(), start[:, 0].max()) + P
@@ -86,7 +98,7 @@ def patch_animation_figure(
         "args": [
             None,
             {
-                "frame": {"duration": 90, "redraw": True},
+                "frame": {"duration": 150, "redraw": True},
                 "transition": {"duration": 0},
                 "fromcurrent": False,
                 "mode": "immediate",
@@ -100,7 +112,7 @@ def patch_animation_figure(
     }
     layout = {
         **base_layout(height, margin={"l": 10, "r": 10, "t": 50, "b": 10}),
-        "xaxis": {"range": [-P * 0.5, width + P * 0.5], "visible": False},
+        "xaxis": {"range": [-P * 2.0, width + P * 0.5], "visible": False},
         "yaxis": {"range": [bottom + P * 0.5, -P * 0.5], "visible": False, "scaleanchor": "x"},
         "annotations": [
             {
@@ -111,6 +123,17 @@ def patch_animation_figure(
                 "showarrow": False,
                 "font": {"size": 13},
             }
+        ]
+        + [  # the index of the first patch of each row of the sequence
+            {
+                "x": -0.4 * P,
+                "y": seq_top + row * (P + gap) + P / 2,
+                "xanchor": "right",
+                "text": str(row * per_row),
+                "showarrow": False,
+                "font": {"size": 11},
+            }
+            for row in range(int(np.ceil(n / per_row)))
         ],
         "updatemenus": [
             {

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from ._base import base_layout, figure
 
 COMPARE_COLORS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa")
+LINE_COLORS = ("#ef553b", "#636efa", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 
 
 def top_k(probs: np.ndarray, k: int) -> np.ndarray:
@@ -61,7 +62,8 @@ def logit_lens_figure(
             "y": p[:, c] * 100,
             "mode": "lines+markers",
             "name": class_names[c],
-            "line": {"width": 3 if i == 0 else 2},
+            "line": {"width": 3 if i == 0 else 2, "color": LINE_COLORS[i % len(LINE_COLORS)]},
+            "marker": {"color": LINE_COLORS[i % len(LINE_COLORS)]},
             "hovertemplate": f"{class_names[c]}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
         }
         for i, c in enumerate(classes)
