@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT / "assets" / "samples"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 DEFAULT_SAMPLE = "CIFAR-10: cat"
+MAX_IMAGE_MB = 20  # per image (the server-wide cap in .streamlit/config.toml is larger, for datasets)
 
 # session_state keys
 _STACK = "image_stack"  # source -> ImageChoice, most recent last
@@ -126,7 +127,9 @@ def image_picker() -> ImageChoice:
     if st.session_state.get(SAMPLE_KEY) not in samples:
         st.session_state[SAMPLE_KEY] = DEFAULT_SAMPLE if DEFAULT_SAMPLE in samples else next(iter(samples))
     sb.selectbox("Sample image", list(samples), key=SAMPLE_KEY, on_change=_on_sample)
-    sb.file_uploader("…or upload an image", type=UPLOAD_TYPES, key=UPLOAD_KEY, on_change=_on_upload)
+    sb.file_uploader(
+        "…or upload an image", type=UPLOAD_TYPES, key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=MAX_IMAGE_MB
+    )
     if sb.toggle("…or take a photo", key=CAMERA_ON_KEY, on_change=_on_camera_toggle):
         sb.camera_input("Camera", key=CAMERA_KEY, on_change=_on_camera)
     error = st.session_state.pop(_ERROR, None)
