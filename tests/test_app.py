@@ -72,8 +72,16 @@ def jpeg_photo() -> bytes:
 
 
 def start() -> AppTest:
+    """The app after its first two runs.
+
+    AppTest runs app.py on the first run only; later runs of an `st.navigation` app execute
+    just the page script (the pages then draw the sidebar themselves, see ui.session). Widget
+    ids differ between the two kinds of run, so widgets are driven from the second run on.
+    """
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state["model_choice"] = MODEL_KEY
+    at.run()
+    ok(at)
     return at.run()
 
 
@@ -113,8 +121,13 @@ def test_navigation_lists_every_page(app):
     assert app.selectbox(key="model_key").value == MODEL_KEY
     for path, _, _ in PAGES:
         assert (ROOT / path).exists()
-    # the navigation lists the Train page when its file exists (it is written separately)
-    nav = [p["page_name"] for p in app._registered_pages.values() if "page_name" in p]
+    # the navigation lists the Train page when its file exists (it is written separately);
+    # read after a first run, the one that executes app.py and its st.navigation
+    first = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    first.session_state["model_choice"] = MODEL_KEY
+    first.run()
+    ok(first)
+    nav = [p["page_name"] for p in first._registered_pages.values() if "page_name" in p]
     assert ("Train" in nav) == (ROOT / "pages" / "6_train.py").exists(), nav
     assert [n for n in nav if n != "Train"] == [
         "Overview",
@@ -342,3 +355,42 @@ def test_every_page_with_unusual_models(kind, tmp_path):
             assert charts_here == n_charts, page
         else:  # the prediction views are left out, with a short note
             assert charts_here < n_charts or page in ("pages/2_patches.py", "pages/3_embeddings.py"), page
+
+
+def test_checkpoint_upload_good_and_bad(tmp_path):
+    from vit_core import save_checkpoint
+
+    at = start()
+    at.file_uploader(key="model_upload").upload(
+        "junk.safetensors", b"not a checkpoint at all", "application/octet-stream"
+    ).run()
+    ok(at)
+    assert any("previous model is still in use" in e.value for e in at.sidebar.error)
+    assert at.selectbox(key="model_key").value == MODEL_KEY
+    torch.manual_seed(5)
+    cfg = ViTConfig(img_size=32, patch_size=8, num_classes=2, embed_dim=16, depth=3, num_heads=2, crop_pct=1.0)
+    path = save_checkpoint(VisionTransformer(cfg, ["left", "right"]), tmp_path / "mine.safetensors")
+    at.file_uploader(key="model_upload").upload("mine.safetensors", path.read_bytes(), "application/octet-stream").run()
+    ok(at)
+    assert at.selectbox(key="model_key").value.startswith("file:") and "mine" in at.selectbox(key="model_key").value
+    assert "Uploaded: mine.safetensors" in at.selectbox(key="model_key").options
+    assert "3 layers" in " ".join(c.value for c in at.sidebar.caption)
+    assert any(name in prediction_text(at) for name in ("left", "right"))
+
+
+def test_pretrained_without_network_keeps_the_app_working(monkeypatch, tmp_path):
+    """No network and nothing downloaded: pressing the button shows what to do; nothing changes."""
+    from vit_core import pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(pretrained.MODELS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(pretrained, "local_path", lambda name, cache_dir=None: None)  # not in any cache
+    at = start()
+    at.selectbox(key="pretrained_name").set_value("deit-tiny").run()
+    assert at.button(key="pretrained_go").label == "Download and use"
+    at.button(key="pretrained_go").click().run()
+    ok(at)
+    errors = [e.value for e in at.error]
+    assert errors and "Could not download deit-tiny" in errors[0] and "not on this computer" in errors[0]
+    assert at.selectbox(key="model_key").value == MODEL_KEY
+    assert len(at.get("plotly_chart")) == PAGES[0][2]
