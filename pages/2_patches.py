@@ -44,7 +44,9 @@ c1, c2 = st.columns([3, 2])
 with c1:
     st.markdown("**The patch grid.** Click a patch to look at its numbers.")
     clickable_chart(
-        vp.patch_grid_figure(cur.prep.display, cur.grid, P, selected=st.session_state["patch_pick"]),
+        vp.patch_grid_figure(
+            cur.prep.display, cur.grid, P, selected=st.session_state["patch_pick"], height=560 if n > 100 else 420
+        ),
         key="patch_grid",
         on_patch=_pick,
     )

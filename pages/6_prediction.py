@@ -72,7 +72,7 @@ res = compute.occluded(cur.model, cur.model_id, cur.prep, cur.image_key, tuple(s
 c1, c2 = st.columns([1, 1])
 with c1:
     clickable_chart(
-        vp.patch_grid_figure(res["display"], cur.grid, P, numbers=False, marked=occ, height=420),
+        vp.patch_grid_figure(res["display"], cur.grid, P, numbers=False, marked=occ, height=520 if n > 100 else 420),
         key="occ_image",
         on_patch=_toggle,
     )

@@ -8,6 +8,7 @@ Models are not hashable: they are passed as `_model` (not hashed) beside `model_
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 
@@ -41,29 +42,35 @@ class Prepared:
     probs: np.ndarray  # (classes,) softmax of the logits
 
 
-@st.cache_data(max_entries=16, ttl=TTL, show_spinner="Running the model on the image...")
-def prepare(_model: VisionTransformer, model_id: str, image_key: str, _data: bytes) -> Prepared:
+def prepare(model: VisionTransformer, model_id: str, image_key: str, data: bytes) -> Prepared:
     """Preprocess the image for this model and run `model.trace` once (cached per model and image)."""
+    d = _prepare(model, model_id, image_key, data)
+    return Prepared(**{**d, "trace": ViTTrace(**d["trace"])})
+
+
+@st.cache_data(max_entries=16, ttl=TTL, show_spinner="Running the model on the image...")
+def _prepare(_model: VisionTransformer, model_id: str, image_key: str, _data: bytes) -> dict:
+    # Plain dicts of arrays and tensors only: st.cache_data pickles the result, and pickling an
+    # instance of a class fails once Streamlit has reloaded the class's module (a source file
+    # changed while the server runs).
     image = load_image(_data)
     steps = preprocess_steps(image, _model.cfg)
     w, h = image.size
     s = min(1.0, THUMB_PX / max(w, h))
     thumb = image if s == 1.0 else image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
-    box = tuple(float(v) * s for v in steps.crop_box)
     with torch.no_grad():
         trace = _model.trace(steps.tensor)
-    return Prepared(
-        thumbnail=np.asarray(thumb.convert("RGB")),
-        crop_box=box,
-        original_size=(w, h),
-        resized=np.asarray(steps.resized.convert("RGB")),
-        x=steps.tensor,
-        display=denormalize(steps.tensor, _model.cfg)
-        if _model.cfg.in_chans == 3
-        else np.repeat(denormalize(steps.tensor, _model.cfg), 3, -1),
-        trace=trace,
-        probs=trace.probs[0].float().numpy(),
-    )
+    display = denormalize(steps.tensor, _model.cfg)
+    return {
+        "thumbnail": np.asarray(thumb.convert("RGB")),
+        "crop_box": tuple(float(v) * s for v in steps.crop_box),
+        "original_size": (w, h),
+        "resized": np.asarray(steps.resized.convert("RGB")),
+        "x": steps.tensor,
+        "display": display if display.shape[-1] == 3 else np.repeat(display, 3, -1),
+        "trace": {f.name: getattr(trace, f.name) for f in dataclasses.fields(trace)},
+        "probs": trace.probs[0].float().numpy(),
+    }
 
 
 # ---- per-model analyses (independent of the image) ----

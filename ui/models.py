@@ -69,7 +69,9 @@ def register_session_model(name: str, model: VisionTransformer) -> None:
     Registering a second model under the same name replaces the first. The selection is
     applied when the sidebar is next drawn (the next rerun).
     """
-    if not isinstance(model, VisionTransformer):
+    # duck-typed: after Streamlit reloads vit_core (a source file changed), a model built
+    # before the reload is not an instance of the reloaded class, but is still a ViT
+    if not (hasattr(model, "trace") and hasattr(model, "cfg") and hasattr(model, "class_names")):
         raise TypeError(f"register_session_model needs a VisionTransformer, not {type(model).__name__}")
     models = st.session_state.setdefault(_SESSION_MODELS, {})
     models[str(name)] = SessionModel(model.eval(), f"session:{uuid.uuid4().hex}")
