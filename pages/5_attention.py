@@ -195,15 +195,33 @@ if needs_head(cur, "A class-specific map"):
             key="chefer_map",
         )
 
+st.subheader("The last layer's heads, DINO style")
+st.markdown(
+    "Each head's attention from [CLS] in the last layer, as in the DINO paper (Caron et al. 2021): keep, per "
+    "head, the fewest patches that together hold a share of its attention, and hide the rest. In well-trained "
+    "models different heads pick out different objects or parts."
+)
+c1, c2 = st.columns([1, 2])
+mass = c1.slider("Keep this share of each head's attention", 0.1, 1.0, 0.6, 0.05, key="dino_mass")
+with c2:
+    chart(vp.heads_figure(compute.last_heads(cur.prep, cur.model_id, cur.image_key, float(mass))), key="dino_heads")
+
 st.subheader("How far does each head look?")
-hm = compute.head_maps(cur.prep, cur.model_id, cur.image_key)
 st.markdown(
     "**Mean attention distance**: for each head, the average distance in pixels between a query patch and the "
-    "patches it attends to, weighted by attention (the ViT paper's Figure 7 right, here for this one image). "
-    "A CNN's early layers can only look locally; a ViT's early layers already mix heads that look near and far."
+    "patches it attends to, weighted by attention (the ViT paper's Figure 7 right; the paper averages over 128 "
+    "images). A CNN's early layers can only look locally; a ViT's early layers can already mix heads that look "
+    "near and far."
 )
-st.latex(r"\text{MAD} = \frac1n\sum_q \sum_t A_{qt}\,\lVert \mathrm{pos}_q - \mathrm{pos}_t \rVert \cdot P")
-chart(vp.mean_distance_figure(hm["distance"], image_extent=float(max(cur.prep.x.shape[-2:]))), key="attn_distance")
+st.latex(
+    r"\text{MAD} = \frac1n\sum_{q} \sum_{t} \tilde A_{qt}\,\lVert \mathrm{pos}_q - \mathrm{pos}_t \rVert \cdot P,"
+    r"\qquad \tilde A = A \text{ over patch keys, rows renormalised}"
+)
+n_samples = len(compute.sample_files())
+over_samples = st.toggle(f"Average over the {n_samples} sample images instead of this image", key="mad_samples")
+hm = compute.head_maps(cur.prep, cur.model_id, cur.image_key)
+distance = compute.sample_mean_distance(cur.model, cur.model_id) if over_samples else hm["distance"]
+chart(vp.mean_distance_figure(distance, image_extent=float(max(cur.prep.x.shape[-2:]))), key="attn_distance")
 st.markdown(
     "**Entropy** of each head's attention, averaged over queries: 0 means each query looks at one token, log N (uniform) means it looks everywhere equally."
 )

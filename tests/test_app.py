@@ -35,7 +35,7 @@ PAGES = [
     ("pages/2_patches.py", "Step 1: cut the image into patches", 6),
     ("pages/3_embeddings.py", "Step 2: turn every patch into a vector", 4),
     ("pages/4_positions.py", "Step 3: tell each token where it came from", 5),
-    ("pages/5_attention.py", "Step 4: attention, who looks at whom", 7),
+    ("pages/5_attention.py", "Step 4: attention, who looks at whom", 8),
     ("pages/6_prediction.py", "Step 5: the answer", 4),
 ]
 
@@ -103,7 +103,10 @@ def array(v) -> np.ndarray:
     """A plotly JSON array (plain list or base64 typed array) as numpy."""
     if isinstance(v, dict) and "bdata" in v:
         a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        return a.reshape(v["shape"]) if "shape" in v else a
+        shape = v.get("shape")
+        if isinstance(shape, str):  # "11, 23"
+            shape = [int(x) for x in shape.split(",")]
+        return a.reshape(shape) if shape else a
     return np.asarray(v)
 
 
@@ -394,3 +397,25 @@ def test_pretrained_without_network_keeps_the_app_working(monkeypatch, tmp_path)
     assert errors and "Could not download deit-tiny" in errors[0] and "not on this computer" in errors[0]
     assert at.selectbox(key="model_key").value == MODEL_KEY
     assert len(at.get("plotly_chart")) == PAGES[0][2]
+
+
+def test_attention_extras_dino_heads_and_mean_distance_over_samples():
+    at = start()
+    at.switch_page("pages/5_attention.py").run()
+    ok(at)
+
+    def kept_cells() -> int:  # charts: overlay, heads, steps, rollout, class map, DINO heads, distance, entropy
+        z = array(charts(at)[5]["data"][0]["z"]).astype(float)
+        return int(np.sum(np.nan_to_num(z) > 0))
+
+    at.slider(key="dino_mass").set_value(1.0).run()
+    everything = kept_cells()
+    at.slider(key="dino_mass").set_value(0.2).run()
+    ok(at)
+    assert 0 < kept_cells() < everything  # a smaller share keeps fewer patches
+    one_image = array(charts(at)[6]["data"][0]["y"])
+    at.toggle(key="mad_samples").set_value(True).run()
+    ok(at)
+    samples = array(charts(at)[6]["data"][0]["y"])
+    assert samples.shape == one_image.shape and not np.allclose(samples, one_image)
+    assert (samples > 0).all() and (samples < 32 * 2**0.5).all()  # pixels, within the 32x32 image

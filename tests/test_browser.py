@@ -37,7 +37,7 @@ PAGES = [
     ("Patches", "Step 1: cut the image into patches", 6),
     ("Embeddings", "Step 2: turn every patch into a vector", 4),
     ("Position embeddings", "Step 3: tell each token where it came from", 5),
-    ("Attention", "Step 4: attention, who looks at whom", 7),
+    ("Attention", "Step 4: attention, who looks at whom", 8),
     ("Prediction", "Step 5: the answer", 4),
 ]
 
@@ -155,26 +155,6 @@ def test_every_page_renders(page):
         assert shoot(page, label.lower().replace(" ", "_")).stat().st_size > 20_000
 
 
-def test_upload_an_image(page, tmp_path):
-    go_to(page, "Overview")
-    rng = np.random.default_rng(0)
-    a = np.zeros((120, 160, 3), np.uint8)
-    a[:, :80] = (230, 60, 40)
-    a[:, 80:] = (30, 90, 220)
-    a = np.clip(a + rng.integers(0, 30, a.shape), 0, 255).astype(np.uint8)
-    path = tmp_path / "red_blue.png"
-    Image.fromarray(a).save(path)
-    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="upload an image")
-    uploader.locator('input[type="file"]').set_input_files(str(path))
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-testid=\"stAlert\"]')].some(e => e.innerText.includes('upload: red_blue.png'))",
-        timeout=60_000,
-    )
-    idle(page)
-    assert_page_ok(page, PAGES[0][1], PAGES[0][2])
-    shoot(page, "overview_uploaded")
-
-
 def _query_label(pg) -> str:
     text = pg.locator('[data-testid="stMarkdownContainer"]').filter(has_text=re.compile(r"^Query: ")).first.inner_text()
     return text.split("·")[0].strip()
@@ -207,6 +187,26 @@ def test_click_a_patch_on_the_attention_page(page):
     assert int(m.group(1)) == int(0.3 * gh) * gw + int(0.2 * gw)
     assert "Where patch" in page.locator('[data-testid="stMain"]').inner_text()
     shoot(page, "attention_clicked")
+
+
+def test_upload_an_image(page, tmp_path):
+    go_to(page, "Overview")
+    rng = np.random.default_rng(0)
+    a = np.zeros((120, 160, 3), np.uint8)
+    a[:, :80] = (230, 60, 40)
+    a[:, 80:] = (30, 90, 220)
+    a = np.clip(a + rng.integers(0, 30, a.shape), 0, 255).astype(np.uint8)
+    path = tmp_path / "red_blue.png"
+    Image.fromarray(a).save(path)
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="upload an image")
+    uploader.locator('input[type="file"]').set_input_files(str(path))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stAlert\"]')].some(e => e.innerText.includes('upload: red_blue.png'))",
+        timeout=60_000,
+    )
+    idle(page)
+    assert_page_ok(page, PAGES[0][1], PAGES[0][2])
+    shoot(page, "overview_uploaded")
 
 
 def test_dark_theme(server, browser):

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import vit_plots as vp
+from ui.images import sample_images
 from vit_core import VisionTransformer, ViTTrace, load_image, preprocess_steps
 from vit_core import analysis as A
 from vit_core.images import denormalize
@@ -178,6 +179,27 @@ def head_maps(_prep: Prepared, model_id: str, image_key: str) -> dict[str, np.nd
         "distance": A.mean_attention_distance(t.attentions, t.grid, t.patch_size, t.num_prefix_tokens).numpy(),
         "entropy": A.attention_entropy(t.attentions).numpy(),
     }
+
+
+@st.cache_data(**RESULTS)
+def last_heads(_prep: Prepared, model_id: str, image_key: str, mass: float) -> np.ndarray:
+    """(heads, gh, gw) last-layer [CLS] attention per head, keeping the top `mass` share (DINO)."""
+    t = _prep.trace
+    return A.last_layer_heads(t.attentions, t.grid, t.num_prefix_tokens, mass=mass)[0].numpy()
+
+
+def sample_files() -> list[bytes]:
+    """The bundled sample images, as file bytes."""
+    return [p.read_bytes() for p in sample_images().values()]
+
+
+@st.cache_data(max_entries=8, ttl=TTL, show_spinner="Running the model on every sample image...")
+def sample_mean_distance(_model: VisionTransformer, model_id: str) -> np.ndarray:
+    """(L, heads) mean attention distance in pixels, averaged over the bundled sample images."""
+    x = torch.cat([preprocess_steps(load_image(d), _model.cfg).tensor for d in sample_files()])
+    with torch.no_grad():
+        t = _model.trace(x)
+    return A.mean_attention_distance(t.attentions, t.grid, t.patch_size, t.num_prefix_tokens).numpy()
 
 
 @st.cache_data(**RESULTS)
