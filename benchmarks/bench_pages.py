@@ -124,6 +124,7 @@ def attention(
     discard: float = 0.0,
     start: int = 0,
     target: int | None = None,
+    mass: float = 0.6,
 ) -> list:
     layer = p.L - 1 if layer is None else layer
     gh, gw = p.grid
@@ -134,6 +135,7 @@ def attention(
     target = int(np.argmax(p.prep.probs)) if target is None else target
     cmap = compute.class_map(p.model, p.model_id, p.prep, p.key, target)
     hm = compute.head_maps(p.prep, p.model_id, p.key)
+    dino = compute.last_heads(p.prep, p.model_id, p.key, mass)
     qpatch = query - p.k if query >= p.k else None
     return [
         vp.overlay_figure(p.prep.display, row[p.k :].reshape(gh, gw), p.grid, p.P, vmin=0, selected=qpatch),
@@ -141,6 +143,7 @@ def attention(
         vp.head_steps_figure(steps["scores"], steps["weights"], steps["output"], p.grid, p.k),
         vp.overlay_figure(p.prep.display, roll, p.grid, p.P, vmin=0),
         vp.overlay_figure(p.prep.display, cmap, p.grid, p.P),
+        vp.heads_figure(dino),
         vp.mean_distance_figure(hm["distance"], image_extent=float(max(p.prep.x.shape[-2:]))),
         vp.entropy_figure(hm["entropy"], max_entropy=float(np.log(p.n + p.k))),
     ]
@@ -186,6 +189,7 @@ SLIDERS: list[tuple[str, str, Callable[[Page], dict]]] = [
     ("attention: discard ratio", "attention", lambda p: {"discard": 0.9}),
     ("attention: start layer", "attention", lambda p: {"start": 1}),
     ("attention: class for the map", "attention", lambda p: {"target": int(np.argsort(p.prep.probs)[-2])}),
+    ("attention: DINO mass slider", "attention", lambda p: {"mass": 0.3}),
     ("prediction: top-k slider", "prediction", lambda p: {"top_n": 8}),
     ("prediction: occlude a patch", "prediction", lambda p: {"occluded": (0,)}),
     ("prediction: drop tokens", "prediction", lambda p: {"occluded": (0, 1), "mode": "drop"}),
