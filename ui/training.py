@@ -55,7 +55,14 @@ from vit_core.train import TrainConfig
 from vit_plots.training import confusion_figure, per_class_figure, training_curves_figure
 
 ROOT = Path(__file__).resolve().parent.parent
-POLL_S = 1.0  # seconds between two looks at a running run
+POLL_S = 1.0  # seconds between two looks at a running run (progress, curves)
+SNAPSHOT_POLL_S = 3.0  # ... and at its latest snapshot
+SNAPSHOT_NOTE = (
+    "Every so often the training thread takes these pictures of the model. Left: how alike the learned position "
+    "embeddings are (each tile is one patch position against all others); a grid pattern appears as the model "
+    "learns where patches are. Middle: the main directions in the patch filters, random at first, smooth colour "
+    "and edge detectors later. Right: where the [CLS] token gathers information from, by attention rollout."
+)
 RUN_KEY = "train_run"  # the session's TrainingRun (one per session)
 DOWNLOAD_KEY = "train_download"  # the session's DownloadJob
 _ERROR = "_train_error"  # a message from a callback, shown once
@@ -63,6 +70,7 @@ _USED = "_train_used"  # name under which the model was put into the picker
 _UPLOAD_PATH = "_train_upload_path"
 _FORM = "_train_form"  # the settings, kept while other pages are shown (widget state is not)
 _DRAWN_ACTIVE = "_train_drawn_active"
+_FIGURES = "_train_figures"  # snapshot figures already built, by (run id, step, kind)
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "vit-explorer-uploads"
 UPLOAD_MB = 200
 
@@ -533,12 +541,21 @@ def _live(run: TrainingRun) -> None:
         progress_block(run, v)
         if v.steps:
             chart(_curves(v), key="train_curves_live")
+
+    # The pictures change only every few dozen steps: a slower poll of their own.
+    @st.fragment(run_every=SNAPSHOT_POLL_S)
+    def snapshot_fragment() -> None:
+        v = run.view()
+        if not v.active and st.session_state.get(_DRAWN_ACTIVE):
+            st.rerun()
         if v.snapshots:
             snap = v.snapshots[-1]
             st.markdown(f"**What the model has learned so far** (step {snap.step:,}, epoch {snap.epoch:.2f})")
             snapshot_panels(run, v, snap, "live")
+            st.caption(SNAPSHOT_NOTE)
 
     live_fragment()
+    snapshot_fragment()
 
 
 def progress_block(run: TrainingRun, v: RunView) -> None:
@@ -606,18 +623,33 @@ def snapshot_panels(run: TrainingRun, v: RunView, snap: Snapshot, key: str) -> N
     c = st.columns(3)
     with c[0]:
         st.markdown("Position embeddings: cosine similarity")
-        chart(vp.similarity_tiles_figure(snap.position_similarity, height=320), key=f"train_pos_{key}")
+        chart(_snapshot_figure(run, snap, "pos", v.class_names), key=f"train_pos_{key}")
     with c[1]:
-        k = len(snap.filters_variance)
-        st.markdown(f"Patch filters: top {k} principal components")
-        labels = [f"PC {i + 1}: {r:.1%} of the variance" for i, r in enumerate(snap.filters_variance)]
-        chart(vp.filters_figure(snap.filters_pca, labels, cols=7, tile_px=28), key=f"train_filters_{key}")
+        st.markdown(f"Patch filters: top {len(snap.filters_variance)} principal components")
+        chart(_snapshot_figure(run, snap, "filters", v.class_names), key=f"train_filters_{key}")
     with c[2]:
-        image = run.test_image(run.probe_index)
         p = snap.probe_probs
         guess = f"{v.class_names[int(p.argmax())]} ({p.max():.0%})" if v.class_names else ""
         st.markdown(f"[CLS] attention on a test image · model says {guess}")
-        if image is not None:
+        fig = _snapshot_figure(run, snap, "cls", v.class_names)
+        if fig is not None:
+            chart(fig, key=f"train_cls_{key}")
+
+
+def _snapshot_figure(run: TrainingRun, snap: Snapshot, kind: str, class_names: list[str]):
+    """One snapshot figure, built once per (run, step, kind) and kept for the session's next polls."""
+    cache = st.session_state.setdefault(_FIGURES, {})
+    k = (run.id, snap.step, kind)
+    if k not in cache:
+        if kind == "pos":
+            fig = vp.similarity_tiles_figure(snap.position_similarity, height=320)
+        elif kind == "filters":
+            labels = [f"PC {i + 1}: {r:.1%} of the variance" for i, r in enumerate(snap.filters_variance)]
+            fig = vp.filters_figure(snap.filters_pca, labels, cols=7, tile_px=28)
+        else:
+            image = run.test_image(run.probe_index)
+            if image is None:
+                return None
             gh, gw = snap.cls_map.shape
             fig = vp.overlay_figure(
                 image,
@@ -628,7 +660,10 @@ def snapshot_panels(run: TrainingRun, v: RunView, snap: Snapshot, key: str) -> N
                 value_name="rollout",
                 height=320,
             )
-            chart(fig, key=f"train_cls_{key}")
+        while len(cache) >= 12:  # the live view needs 3, the scrubber a few more
+            cache.pop(next(iter(cache)))
+        cache[k] = fig
+    return cache[k]
 
 
 def results(run: TrainingRun, v: RunView) -> None:
@@ -702,6 +737,7 @@ def results(run: TrainingRun, v: RunView) -> None:
         snap = v.snapshots[steps.index(st.session_state["train_snapshot"])]
         st.caption(f"Step {snap.step:,} (epoch {snap.epoch:.2f}).")
         snapshot_panels(run, v, snap, "final")
+        st.caption(SNAPSHOT_NOTE)
     if final is not None:
         st.subheader("Where it goes wrong")
         c = st.columns(2)
