@@ -85,12 +85,8 @@ chart(vp.patch_matrix_figure(matrix, C, P), key="patch_matrix")
 st.subheader("What if the patches were larger or smaller?")
 sizes = [p for p in range(1, min(H, W) + 1) if H % p == 0 and W % p == 0 and (H // p) * (W // p) <= 4096]
 keep_in("patch_size_whatif", sizes, P)
-try_p = st.select_slider(
-    "Patch size P",
-    options=sizes,
-    value=P if "patch_size_whatif" not in st.session_state else None,
-    key="patch_size_whatif",
-)
+st.session_state.setdefault("patch_size_whatif", P if P in sizes else sizes[-1])
+try_p = st.select_slider("Patch size P", options=sizes, key="patch_size_whatif")
 what = vp.patch_size_whatif((H, W), sizes, cur.num_prefix)
 i = sizes.index(try_p)
 N_try = int(what["tokens"][i])

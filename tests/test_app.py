@@ -419,3 +419,20 @@ def test_attention_extras_dino_heads_and_mean_distance_over_samples():
     samples = array(charts(at)[6]["data"][0]["y"])
     assert samples.shape == one_image.shape and not np.allclose(samples, one_image)
     assert (samples > 0).all() and (samples < 32 * 2**0.5).all()  # pixels, within the 32x32 image
+
+
+def test_patch_size_what_if():
+    at = start()
+    at.switch_page("pages/2_patches.py").run()
+    ok(at)
+    slider = at.select_slider(key="patch_size_whatif")
+    P = int(slider.value)
+    assert 32 % P == 0
+    metrics = {m.label: m.value for m in at.metric}
+    tokens = 1 + (32 // P) ** 2
+    assert metrics["tokens N (with prefix)"] == f"{tokens:,}"
+    slider.set_value(P // 2).run()
+    ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["tokens N (with prefix)"] == f"{1 + (64 // P) ** 2:,}"
+    assert metrics["attention weights per head and layer (N²)"] == f"{(1 + (64 // P) ** 2) ** 2:,}"
