@@ -436,3 +436,30 @@ def test_patch_size_what_if():
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["tokens N (with prefix)"] == f"{1 + (64 // P) ** 2:,}"
     assert metrics["attention weights per head and layer (N²)"] == f"{(1 + (64 // P) ** 2) ** 2:,}"
+
+
+def test_a_model_that_cannot_run_shows_a_message(tmp_path):
+    """A checkpoint whose forward pass fails (here: 4 input channels) stops the page with a message."""
+    from vit_core import save_checkpoint
+
+    cfg = ViTConfig(
+        img_size=32,
+        patch_size=8,
+        in_chans=4,
+        num_classes=2,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        crop_pct=1.0,
+        mean=(0.5,) * 4,
+        std=(0.5,) * 4,
+    )
+    path = save_checkpoint(VisionTransformer(cfg, ["a", "b"]), tmp_path / "four_channels.safetensors")
+    at = start()
+    at.text_input(key="model_path").set_value(str(path)).run()
+    ok(at)
+    if at.selectbox(key="model_key").value != f"file:{path}":
+        pytest.skip("this checkpoint is refused at load time, which is also fine")
+    assert any("could not run on this image" in e.value or "cannot run on this image" in e.value for e in at.error)
+    at.selectbox(key="sample_image").set_value("Photo: coffee").run()
+    ok(at)

@@ -139,5 +139,9 @@ def current() -> Current:
         sel = sidebar()
         st.session_state.pop(_DRAWN, None)
     loaded, image = sel
-    prep = compute.prepare(loaded.model, loaded.model_id, image.key, image.data)
+    try:
+        prep = compute.prepare(loaded.model, loaded.model_id, image.key, image.data)
+    except Exception as e:  # the sidebar has said so too; the page cannot go on without a forward pass
+        st.error(f"The model could not run on this image ({str(e)[:200]}). Pick another model or image in the sidebar.")
+        st.stop()
     return Current(loaded, image, prep)
