@@ -91,10 +91,11 @@ def save_checkpoint(model: VisionTransformer, path: str | os.PathLike, extra: di
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as a SafetensorError
         _remove_quietly(tmp)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise CheckpointError(
-            f"Could not write {path}: {e.strerror or e}. Free some disk space or choose another folder."
+            f"Could not write {path}: {reason}. Free some disk space or choose another folder."
         ) from None
     except BaseException:
         _remove_quietly(tmp)
@@ -126,10 +127,14 @@ def load_own(tensors: dict[str, Tensor], meta: dict[str, str], source: str = "ch
     try:
         cfg = ViTConfig.from_dict(json.loads(meta["config"]))
         class_names = json.loads(meta.get("class_names", "null"))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, ArithmeticError) as e:
         raise CheckpointError(f"{source}: its metadata does not describe a ViT config ({e}).") from None
-    if class_names is not None and len(class_names) != cfg.num_classes:
+    if class_names is not None and (not isinstance(class_names, list) or len(class_names) != cfg.num_classes):
+        if not isinstance(class_names, list):
+            raise CheckpointError(f"{source}: its class names are not a list.")
         raise CheckpointError(f"{source}: {len(class_names)} class names but the config has {cfg.num_classes} classes.")
+    if class_names is not None:
+        class_names = [str(n) for n in class_names]
     pos = tensors.get("pos_embed")
     if pos is not None and pos.dim() == 3:
         gh, gw = cfg.grid_size
@@ -139,7 +144,7 @@ def load_own(tensors: dict[str, Tensor], meta: dict[str, str], source: str = "ch
                 f"{source}: the config's image size {cfg.img_size[0]}x{cfg.img_size[1]} needs {expected} position "
                 f"embeddings but the weights have {pos.shape[1]}."
             )
-    model = _unfilled_model(cfg, class_names)
+    model = _unfilled_model(cfg, class_names, tensors, source)
     load_weights(model, tensors, source)
     return model.eval()
 
@@ -147,6 +152,15 @@ def load_own(tensors: dict[str, Tensor], meta: dict[str, str], source: str = "ch
 def load_weights(model: VisionTransformer, tensors: dict[str, Tensor], source: str = "checkpoint") -> None:
     """Copy `tensors` into `model`, with a CheckpointError that names what does not fit."""
     own = model.state_dict()
+    check_fits(own, tensors, source)
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(tensors[k].to(v.dtype))
+
+
+def check_fits(own: dict[str, Tensor], tensors: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Raise a CheckpointError naming the keys, shapes or dtypes of `tensors` that do not fit `own`
+    (a model's state dict; its tensors may live on the meta device)."""
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
@@ -162,19 +176,24 @@ def load_weights(model: VisionTransformer, tensors: dict[str, Tensor], source: s
     bad = [f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if tensors[k].shape != v.shape]
     if bad:
         raise CheckpointError(f"{source}: shape mismatch (file vs model): {_few(bad)}.")
-    with torch.no_grad():
-        for k, v in own.items():
-            t = tensors[k]
-            if not t.is_floating_point():
-                raise CheckpointError(f"{source}: {k} holds {t.dtype} values, not floating-point weights.")
-            v.copy_(t.to(v.dtype))
+    for k in own:
+        if not tensors[k].is_floating_point():
+            raise CheckpointError(f"{source}: {k} holds {tensors[k].dtype} values, not floating-point weights.")
 
 
-def _unfilled_model(cfg: ViTConfig, class_names: list[str] | None) -> VisionTransformer:
-    """The model with uninitialised weights, for `load_weights` to fill (every key is checked
-    to be there); skipping the random init saves seconds on a ViT-B."""
-    with torch.device("meta"):
-        model = VisionTransformer(cfg, class_names)
+def _unfilled_model(
+    cfg: ViTConfig, class_names: list[str] | None, tensors: dict[str, Tensor], source: str = "checkpoint"
+) -> VisionTransformer:
+    """The model with uninitialised weights, for `load_weights` to fill; skipping the random
+    init saves seconds on a ViT-B. It is built on the meta device and checked against
+    `tensors` first, so a config that claims a far larger model than its weights never
+    allocates memory for it."""
+    try:
+        with torch.device("meta"):
+            model = VisionTransformer(cfg, class_names)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: its config does not describe a buildable ViT ({e}).") from None
+    check_fits(model.state_dict(), tensors, source)
     return model.to_empty(device="cpu")
 
 
@@ -312,6 +331,13 @@ def sniff_format(path: str | os.PathLike) -> str:
         raise CheckpointError(f"Cannot read {path}: {e.strerror or e}.") from None
     if size == 0:
         return "empty"
+    # safetensors first: its 8-byte header length can start with 0x80 (a header of 128, 384,
+    # 640, ... bytes), which would otherwise pass for a pickle, and torch.load would then read
+    # the tensors but drop the metadata that holds our config and class names.
+    if len(head) == 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len and (header_len <= size - 8 or head[:1] != b"\x80"):  # else a pickle, or truncated
+            return "safetensors"
     if head[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(path) as z:
@@ -323,10 +349,6 @@ def sniff_format(path: str | os.PathLike) -> str:
         return "torch"
     if head[:1] == b"\x80":  # pickle protocol 2+: a legacy torch.save file
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{":
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 0 < header_len:
-            return "safetensors"
     return "unknown"
 
 
@@ -587,7 +609,7 @@ def _load_timm(
         if num_heads is not None
         else ("config" if "num_heads" in model_args else "inferred"),
     }
-    model = _unfilled_model(cfg, class_names)
+    model = _unfilled_model(cfg, class_names, tensors, weights.name)
     load_weights(model, tensors, weights.name)
     return model.eval()
 
@@ -818,7 +840,7 @@ def _load_hf(
     )
     cfg = _with(cfg, **hf_preprocessing(preprocessor, (H, W)))
     cfg.extra = {"format": "huggingface", "model_type": model_type, "source": str(weights)}
-    model = _unfilled_model(cfg, class_names)
+    model = _unfilled_model(cfg, class_names, sd, source)
     load_weights(model, sd, source)
     return model.eval()
 

@@ -51,6 +51,18 @@ class ViTConfig:
         self.img_size = _pair(self.img_size)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        sizes = {"patch_size": self.patch_size, "in_chans": self.in_chans, "embed_dim": self.embed_dim}
+        sizes.update({"depth": self.depth, "num_heads": self.num_heads, "img_size": min(self.img_size)})
+        for name, v in sizes.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        for name, v in (("num_classes", self.num_classes), ("reg_tokens", self.reg_tokens)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {v!r}")
+        if not self.mean or len(self.mean) != len(self.std) or min(self.std) <= 0:
+            raise ValueError(f"mean and std need one value per channel each (std > 0), not {self.mean} and {self.std}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, not {self.mlp_ratio!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:

@@ -8,10 +8,13 @@ is called. Weights go to the user's Hugging Face cache; a file can also be put b
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .checkpoints import load_checkpoint
 from .config import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -20,6 +23,7 @@ from .model import VisionTransformer
 
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes done, bytes in all or None)
 MODELS_DIR_ENV = "VIT_EXPLORER_MODELS"
+STALL_TIMEOUT_S = 60.0  # a download with no progress for this long is given up
 
 
 class PretrainedNotAvailableError(CheckpointError):
@@ -205,21 +209,37 @@ def is_downloaded(name: str, cache_dir: str | os.PathLike | None = None) -> bool
 
 
 def download_pretrained(
-    name: str, cache_dir: str | os.PathLike | None = None, progress: ProgressCallback | None = None
+    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    endpoint: str | None = None,
+    stall_timeout: float = STALL_TIMEOUT_S,
 ) -> Path:
     """Download `name`'s weights (and timm's small config.json) into the Hugging Face cache.
+
+    The Hub client writes to a temporary file that is renamed into the cache only when it is
+    complete, so a download that fails leaves nothing that `is_downloaded` or `load_pretrained`
+    would use. The transfer runs on a helper thread and is given up, with a clear error, when no
+    byte has arrived for `stall_timeout` seconds: the client's own timeouts do not end every
+    hang (a server that accepts the connection and never answers).
 
     Args:
         name: a catalogue key, timm name or title (see `get_pretrained`).
         cache_dir: a Hugging Face cache folder; None uses the user's default cache.
-        progress: called as `progress(bytes_done, bytes_total_or_None)` while the weights arrive.
+        progress: called as `progress(bytes_done, bytes_total_or_None)` while the weights
+            arrive, always on the calling thread.
+        endpoint: a Hub mirror such as "https://hf-mirror.example"; None uses $HF_ENDPOINT or
+            huggingface.co.
+        stall_timeout: seconds without progress (no answer, no new bytes) before giving up.
 
     Returns:
         The path of the cached weight file.
 
     Raises:
         PretrainedNotAvailableError: offline (HF_HUB_OFFLINE set, or no network), the Hub
-            refused, or the disk is full; the message says where to put the file by hand.
+            refused, the transfer stalled or broke off, or the disk is full; the message says
+            where to put the file by hand.
     """
     m = get_pretrained(name)
     from huggingface_hub import hf_hub_download
@@ -229,16 +249,57 @@ def download_pretrained(
         "cache_dir": None if cache_dir is None else str(cache_dir),
         "revision": m.revision,
         "local_files_only": offline,
+        "endpoint": endpoint,
+        "etag_timeout": min(10.0, stall_timeout),
     }
-    try:
-        weights = hf_hub_download(m.repo_id, m.filename, tqdm_class=_progress_class(progress), **kwargs)
-    except Exception as e:  # network, Hub and disk errors all mean the same to a user
-        raise _not_available(m, _reason(e, offline)) from None
-    try:
-        hf_hub_download(m.repo_id, "config.json", **kwargs)  # timm's preprocessing and labels
-    except Exception:
-        pass  # optional: the catalogue carries the same preprocessing
-    return Path(weights)
+    lock = threading.Lock()
+    state: dict[str, Any] = {"done": 0, "total": None, "last": time.monotonic()}
+
+    def seen(done: int, total: int | None) -> None:  # on the helper thread
+        with lock:
+            state.update(done=done, total=total, last=time.monotonic())
+
+    def fetch() -> None:
+        try:
+            path = hf_hub_download(m.repo_id, m.filename, tqdm_class=_progress_class(seen), **kwargs)
+        except Exception as e:  # network, Hub and disk errors all mean the same to a user
+            with lock:
+                state["error"] = e
+            return
+        with lock:
+            state.update(weights=Path(path), last=time.monotonic())
+        try:
+            hf_hub_download(m.repo_id, "config.json", **kwargs)  # timm's preprocessing and labels
+        except Exception:
+            pass  # optional: the catalogue carries the same preprocessing
+
+    worker = threading.Thread(target=fetch, name=f"download {m.key}", daemon=True)
+    worker.start()
+    reported = None
+    while True:
+        worker.join(0.1)
+        with lock:
+            snap = dict(state)
+        if progress is not None and (snap["done"], snap["total"]) != reported:
+            reported = (snap["done"], snap["total"])
+            try:
+                progress(*reported)
+            except Exception:  # a failing progress display must not abort the download
+                pass
+        if "error" in snap:
+            raise _not_available(m, _reason(snap["error"], offline)) from None
+        idle = time.monotonic() - snap["last"]
+        if "weights" in snap and (not worker.is_alive() or idle > min(10.0, stall_timeout)):
+            return snap["weights"]  # config.json is optional: do not wait long for it
+        if not worker.is_alive():  # pragma: no cover - the worker always leaves a result
+            raise _not_available(m, "the download ended without a file")
+        if idle > stall_timeout:
+            # The helper thread is left to the client's own timeouts; whatever it fetches later
+            # lands in the cache whole or not at all.
+            host = urlsplit(endpoint or m.url).netloc or "the Hub"
+            raise _not_available(
+                m, f"no data from {host} for {stall_timeout:.0f} s; the network may be down or blocked"
+            )
 
 
 def load_pretrained(

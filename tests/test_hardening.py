@@ -1,0 +1,294 @@
+"""Faults below the UI that the other library tests do not reach.
+
+* Downloads against local servers on 127.0.0.1 that refuse, hang before answering, hang in the
+  middle of the body, send a short body or answer 500 (tests/_fault_servers.py): the CIFAR-10
+  download (`vit_core.data`) and the pretrained download (`vit_core.pretrained`, through the
+  real `huggingface_hub` client). Each ends in the library's error within seconds, leaves no
+  file that a later load would use, and a good server afterwards gives the right bytes.
+* A full disk while saving a checkpoint: the real safetensors writer under a file-size limit
+  (the kernel refuses the write, EFBIG) and a writer that fails with ENOSPC half-way.
+* Checkpoint metadata that lies: safetensors headers that look like a pickle, configs that
+  are not buildable or claim a far larger model than the weights, class names that disagree.
+
+tests/test_data.py, test_checkpoints.py and test_images.py already cover the plain cases
+(nothing listening on port 9, checksum mismatch, unwritable folder, truncated files, pickles
+that would run code, every odd image): they are not repeated here.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from tests._fault_servers import FaultServer, refused_url
+from tests._tiny_data import make_cifar_archive
+from tests.vit_reference import make_timm_state_dict
+from vit_core import CheckpointError, DataError, VisionTransformer, ViTConfig, load_checkpoint, save_checkpoint
+from vit_core import checkpoints as ckpt_mod
+from vit_core import data as D
+from vit_core import pretrained as P
+from vit_core.checkpoints import sniff_format
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10 download (vit_core.data)
+
+
+@pytest.fixture(scope="module")
+def cifar_archive(tmp_path_factory) -> bytes:
+    return make_cifar_archive(
+        tmp_path_factory.mktemp("cifar") / D.CIFAR10_ARCHIVE, per_batch=10, n_test=10
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("refused", "Could not reach"),
+        ("hang", "Could not reach .*timed out"),
+        ("hang-body", r"broke off after \d+ bytes \(timed out\)"),
+        ("short", "stopped at .* of .* bytes|broke off"),
+        ("500", "answered 500"),
+    ],
+)
+def test_cifar_download_faults_leave_nothing_behind(tmp_path, cifar_archive, mode, message, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(D, "CIFAR10_MD5", D.hashlib.md5(cifar_archive).hexdigest())
+    with FaultServer(cifar_archive, mode) as srv:
+        url = (refused_url() if mode == "refused" else srv.url) + "/cifar-10-python.tar.gz"
+        # load_cifar10 downloads through download_cifar10 -> download_file; point both at the server
+        monkeypatch.setattr(D, "download_cifar10", functools.partial(D.download_cifar10, url=url))
+        monkeypatch.setattr(D, "download_file", functools.partial(D.download_file, timeout=1.0))
+        t0 = time.monotonic()
+        with pytest.raises(DataError, match=message):
+            D.load_cifar10(None, "train", download=True, cache_dir=cache)
+        assert time.monotonic() - t0 < 15
+    assert _leftovers(cache) == []  # no archive, no .tmp, no extracted folder
+    with pytest.raises(DataError, match="not in"):  # and nothing a later offline load would pick up
+        D.load_cifar10(None, "train", cache_dir=cache)
+    # The same call against a server that behaves: proves the server speaks HTTP well enough.
+    with FaultServer(cifar_archive, "ok") as srv:
+        monkeypatch.setattr(D, "download_cifar10", functools.partial(D.download_cifar10.func, url=srv.url + "/c.tgz"))
+        train = D.load_cifar10(None, "train", download=True, cache_dir=cache)
+    assert len(train) == 50 and (cache / D.CIFAR10_ARCHIVE).read_bytes() == cifar_archive
+
+
+def test_cifar_download_without_content_length_is_checked_by_md5(tmp_path, cifar_archive):
+    with FaultServer(cifar_archive[: len(cifar_archive) // 2], "no-length") as srv:  # short, and no way to tell
+        with pytest.raises(DataError, match="MD5"):
+            D.download_file(srv.url + "/a.tgz", tmp_path / "a.tgz", md5=D.hashlib.md5(cifar_archive).hexdigest())
+    assert _leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretrained download (vit_core.pretrained through huggingface_hub)
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch) -> Path:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv(P.MODELS_DIR_ENV, str(tmp_path / "by_hand"))
+    return tmp_path / "hf_cache"
+
+
+@pytest.mark.parametrize("mode", ["refused", "hang", "hang-body", "short"])
+def test_pretrained_download_faults(hub_env, mode):
+    """Refused, no answer, a stalled body, a short body: a clear error within seconds, nothing usable left."""
+    payload = os.urandom(300_000)
+    calls: list[tuple[int, int | None, int]] = []
+    with FaultServer(payload, mode) as srv:
+        url = refused_url() if mode == "refused" else srv.url
+        t0 = time.monotonic()
+        with pytest.raises(P.PretrainedNotAvailableError) as err:
+            P.download_pretrained(
+                "deit-tiny",
+                hub_env,
+                progress=lambda done, total: calls.append((done, total, threading.get_ident())),
+                endpoint=url,
+                stall_timeout=2.0,
+            )
+        elapsed = time.monotonic() - t0
+    msg = str(err.value)
+    assert elapsed < 12, elapsed
+    assert "DeiT-tiny/16" in msg and str(P.manual_path("deit-tiny")) in msg  # what to do without a network
+    if mode in ("refused", "hang", "hang-body"):
+        assert "no data from 127.0.0.1" in msg
+    assert all(ident == threading.get_ident() for *_, ident in calls)  # progress on the caller's thread
+    assert not P.is_downloaded("deit-tiny", hub_env)
+    snapshots = [p for p in hub_env.rglob("snapshots/*/*") if p.is_file()]
+    assert snapshots == []
+    with pytest.raises(P.PretrainedNotAvailableError, match="not been downloaded"):
+        P.load_pretrained("deit-tiny", hub_env)
+
+
+def test_pretrained_download_from_a_good_server_then_loads(hub_env):
+    """The control for the faults above: the same client and server in "ok" mode give a working model."""
+    sd = make_timm_state_dict(embed_dim=192, depth=12, patch_size=16, grid=(14, 14), num_classes=1000, scale=0.02)
+    payload = save(sd)
+    calls: list[tuple[int, int | None]] = []
+    with FaultServer(payload, "ok", files={"config.json": None}) as srv:  # a Hub repo without timm's config
+        path = P.download_pretrained("deit-tiny", hub_env, progress=lambda d, t: calls.append((d, t)), endpoint=srv.url)
+        assert [m for m, _ in srv.requests].count("GET") >= 1
+    assert path.read_bytes() == payload and P.is_downloaded("deit-tiny", hub_env)
+    assert calls[-1] == (len(payload), len(payload)) and all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+    model = P.load_pretrained("deit-tiny", hub_env)
+    assert (model.cfg.embed_dim, model.cfg.depth, model.cfg.num_heads) == (192, 12, 3)
+    torch.testing.assert_close(model.state_dict()["head.weight"], sd["head.weight"], atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk on checkpoint save
+
+
+def _tiny_model(seed: int = 0, classes: int = 3) -> VisionTransformer:
+    torch.manual_seed(seed)
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=classes)
+    return VisionTransformer(cfg, [f"c{i}" for i in range(classes)]).eval()
+
+
+def test_full_disk_from_the_kernel_keeps_the_old_checkpoint(tmp_path):
+    """The real writer, in a child process whose files may not grow past 64 KiB (RLIMIT_FSIZE):
+    the kernel refuses the write half-way (EFBIG), as a full disk refuses it with ENOSPC."""
+    old = save_checkpoint(_tiny_model(0), tmp_path / "m.safetensors")
+    before = old.read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import torch
+        from vit_core import CheckpointError, VisionTransformer, ViTConfig, save_checkpoint
+        cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=3)
+        model = VisionTransformer(cfg)  # about 800 KB of weights
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+        try:
+            save_checkpoint(model, {str(old)!r})
+        except CheckpointError as e:
+            print("CheckpointError:", e)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("CheckpointError: Could not write") and "File too large" in out.stdout, out.stdout
+    assert "Free some disk space" in out.stdout
+    assert old.read_bytes() == before  # the old file is untouched ...
+    assert _leftovers(tmp_path) == ["m.safetensors"]  # ... and no half-written temporary is left
+    assert load_checkpoint(old).cfg.embed_dim == 32
+
+
+def test_no_space_left_mid_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    old = save_checkpoint(_tiny_model(0), tmp_path / "m.safetensors")
+    before = old.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x00" * 4096)  # some bytes made it to the disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    monkeypatch.setattr(ckpt_mod, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device. Free some disk space"):
+        save_checkpoint(_tiny_model(1), old)
+    assert old.read_bytes() == before and _leftovers(tmp_path) == ["m.safetensors"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint metadata that lies
+
+
+def _header_len(path: Path) -> int:
+    return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+def test_own_checkpoint_whose_header_length_starts_like_a_pickle(tmp_path):
+    """A safetensors header of 128 + 256k bytes begins with 0x80, a pickle's first byte: the file
+    must still be read as safetensors with its metadata (config, class names), not through
+    torch.load, which reads the tensors and silently drops the metadata."""
+    model = _tiny_model(0)
+    path = tmp_path / "m.safetensors"
+    for pad in range(300):
+        save_checkpoint(model, path, extra={"note": "x" * pad})
+        if _header_len(path) % 256 == 0x80:
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert sniff_format(path) == "safetensors"
+    loaded = load_checkpoint(path)
+    assert loaded.cfg == model.cfg and loaded.class_names == model.class_names
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def _with_meta(tmp_path: Path, name: str, config: object, class_names: object = None) -> Path:
+    model = _tiny_model(0)
+    meta = {"format": ckpt_mod.FORMAT_TAG, "config": config if isinstance(config, str) else json.dumps(config)}
+    if class_names is not None:
+        meta["class_names"] = json.dumps(class_names)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, tmp_path / name, metadata=meta)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"patch_size": 0}, "patch_size must be a positive integer"),
+        ({"depth": "2"}, "depth must be a positive integer"),
+        ({"embed_dim": -32, "num_heads": -2}, "embed_dim must be a positive integer"),
+        ({"num_classes": 2.5}, "num_classes must be a non-negative integer"),
+        ({"std": [0, 0, 0]}, "std"),
+        ({"mlp_ratio": "wide"}, "config"),
+        ({"img_size": [32]}, "config"),
+        ({"depth": 3}, r"missing keys blocks\.2"),
+        ({"num_classes": 5}, r"shape mismatch.*head\.weight \(3, 32\) vs \(5, 32\)"),
+        ({"img_size": [64, 64]}, "64x64 needs 65 position embeddings but the weights have 17"),
+    ],
+)
+def test_own_config_that_disagrees_with_its_weights(tmp_path, change, message):
+    cfg = {**_tiny_model(0).cfg.to_dict(), **change}
+    path = _with_meta(
+        tmp_path, "m.safetensors", cfg, [f"c{i}" for i in range(3)] if "num_classes" not in change else None
+    )
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_class_names_that_disagree_with_the_head(tmp_path):
+    cfg = _tiny_model(0).cfg.to_dict()
+    with pytest.raises(CheckpointError, match="2 class names but the config has 3 classes"):
+        load_checkpoint(_with_meta(tmp_path, "a.safetensors", cfg, ["cat", "dog"]))
+    with pytest.raises(CheckpointError, match="class names are not a list"):
+        load_checkpoint(_with_meta(tmp_path, "b.safetensors", cfg, {"0": "cat"}))
+    m = load_checkpoint(_with_meta(tmp_path, "c.safetensors", cfg, [7, 8, 9]))  # numbers become names
+    assert m.class_names == ["7", "8", "9"]
+
+
+def test_a_config_claiming_a_huge_model_is_refused_before_allocating_it(tmp_path, monkeypatch):
+    """A 17-token, 2-block file whose config says 64 blocks of width 16384 (about 800 GB of
+    weights): refused by comparing shapes on the meta device, never allocated."""
+    cfg = {**_tiny_model(0).cfg.to_dict(), "embed_dim": 16384, "num_heads": 128, "depth": 64}
+    path = _with_meta(tmp_path, "huge.safetensors", cfg, ["a", "b", "c"])
+    allocated: list[str] = []
+    to_empty = torch.nn.Module.to_empty
+    monkeypatch.setattr(torch.nn.Module, "to_empty", lambda self, **kw: allocated.append("!") or to_empty(self, **kw))
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError, match="does not fit this ViT: missing keys"):
+        load_checkpoint(path)
+    assert allocated == [] and time.monotonic() - t0 < 30
