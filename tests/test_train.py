@@ -249,3 +249,25 @@ def test_cli_writes_checkpoint_and_metrics_and_resumes(tmp_path: Path, capsys: p
     assert json.loads((out / "metrics.json").read_text())["step"] == 12
     # a data error is a clean exit code with a message
     assert main(["--data", str(tmp_path / "missing"), "--out", str(out), "--cache-dir", str(tmp_path)]) == 2
+
+
+def test_thread_tuner_keeps_the_faster_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vit_core.train as T
+
+    tuner = T.ThreadTuner(period=10, probe=3)
+    if len(tuner.options) < 2:
+        pytest.skip("one CPU: nothing to choose")
+    many = tuner.options[-1]
+    clock = [0.0]
+    step_s = {1: 0.5, many: 2.0}  # a busy machine: one thread is faster
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock[0])
+    switches: list[str] = []
+    tuner.log = switches.append
+    try:
+        for _ in range(30):
+            clock[0] += step_s[torch.get_num_threads()]
+            tuner.after_step(None)  # type: ignore[arg-type]
+        assert tuner.current == 1 and torch.get_num_threads() == 1
+        assert switches and switches[0].startswith(f"threads {many} -> 1")
+    finally:
+        torch.set_num_threads(1)
