@@ -14,6 +14,11 @@ Three sources give the same `ImageDataset` (images `(N, C, H, W)` uint8, labels 
 (`normalize_batch`) work on whole batches of tensors on the training device, so data loading
 costs a gather per step instead of a Python loop over images.
 
+The official batches are Python pickles. Unpickling runs whatever functions the file names,
+so a tampered download could run code; they are read with a restricted unpickler that only
+builds dicts, lists, bytes, strings, ints and plain numpy arrays (`read_cifar_batch`), and
+never with `pickle.load`.
+
 Errors a user can meet (no network, checksum mismatch, truncated batch, empty or unbalanced
 folder) are `DataError`s with a message that says what to do. Nothing half-written is used:
 downloads and caches go to a temporary name and are renamed into place when complete, and
