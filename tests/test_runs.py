@@ -7,6 +7,7 @@ import hashlib
 import math
 import re
 import tarfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -157,6 +158,28 @@ def test_start_twice_and_resume_of_a_finished_run_are_refused(folder):
     assert not run.view().can_resume
     with pytest.raises(RuntimeError):
         run.resume()
+
+
+def test_two_clicks_at_once_start_one_thread(folder):
+    run = TrainingRun(tiny_config(epochs=1), DataSource("path", str(folder)))
+    refused: list[Exception] = []
+    go_ = threading.Barrier(4)
+
+    def click() -> None:
+        go_.wait()
+        try:
+            run.start()
+        except RuntimeError as e:
+            refused.append(e)
+
+    clicks = [threading.Thread(target=click) for _ in range(4)]
+    for t in clicks:
+        t.start()
+    for t in clicks:
+        t.join()
+    assert len(refused) == 3
+    assert run.join(60) and run.view().status == "finished"
+    assert run.view().steps == list(range(1, run.view().total_steps + 1))  # one thread trained
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(folder):

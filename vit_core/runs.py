@@ -604,6 +604,7 @@ class TrainingRun:
         self.probe_index = int(probe_index)
         self.name = name or cfg.name
         self.lock = threading.Lock()  # guards every field the thread writes and view() reads
+        self._launch_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._trainer: Trainer | None = None
         self._data: tuple[ImageDataset, ImageDataset] | None = None
@@ -647,9 +648,6 @@ class TrainingRun:
             RunLimitError: the server already runs `max_runs()` trainings.
             RuntimeError: this run was started before.
         """
-        with self.lock:
-            if self._status != "new":
-                raise RuntimeError("this run was already started; resume() continues a stopped run")
         self._launch(resume=False)
 
     def resume(self) -> None:
@@ -659,29 +657,32 @@ class TrainingRun:
             RunLimitError: the server is full.
             RuntimeError: the run is not stopped, or has no checkpoint.
         """
-        with self.lock:
-            if not self._can_resume_locked():
-                raise RuntimeError(f"a {self._status} run cannot be resumed")
         self._launch(resume=True)
 
     def _launch(self, resume: bool) -> None:
-        _claim_slot(self)
-        with self.lock:
-            self._status = LOADING
-            self._detail = "loading the data"
-            self._message = ""
-            self._stop_requested.clear()
-            self._pause_requested = False
-            self._released = False
-            self._owner_gone_since = None
-            self._owner_ended = False
-            self._thread = threading.Thread(target=self._main, args=(resume,), name=f"vit-train-{self.id}", daemon=True)
-            thread = self._thread
-        try:
-            thread.start()
-        except BaseException:
-            _free_slot(self)
-            raise
+        with self._launch_lock:  # two clicks at once start one thread
+            with self.lock:
+                if resume and not self._can_resume_locked():
+                    raise RuntimeError(f"a {self._status} run cannot be resumed")
+                if not resume and self._status != "new":
+                    raise RuntimeError("this run was already started; resume() continues a stopped run")
+            _claim_slot(self)
+            with self.lock:
+                self._status = LOADING
+                self._detail = "loading the data"
+                self._message = ""
+                self._stop_requested.clear()
+                self._pause_requested = False
+                self._released = False
+                self._owner_gone_since = None
+                self._owner_ended = False
+                thread = threading.Thread(target=self._main, args=(resume,), name=f"vit-train-{self.id}", daemon=True)
+                self._thread = thread
+            try:
+                thread.start()
+            except BaseException:
+                _free_slot(self)
+                raise
 
     def pause(self) -> None:
         """Hold the training loop between steps (a paused run keeps its place in the server's cap)."""
@@ -964,7 +965,7 @@ class TrainingRun:
                 tokens=self._tokens,
                 train_size=len(train) if train is not None else 0,
                 test_size=len(test) if test is not None else 0,
-                eval_size=len(_eval_subset(test, self.eval_size)) if test is not None else 0,
+                eval_size=_eval_count(len(test), self.eval_size) if test is not None else 0,
                 class_names=list(train.class_names) if train is not None else [],
                 steps=list(self._steps),
                 loss=list(self._loss),
@@ -1004,8 +1005,13 @@ class TrainingRun:
         return model
 
 
+def _eval_count(test_size: int, n: int) -> int:
+    """How many test images the evaluations during training use."""
+    return test_size if n <= 0 else min(n, test_size)
+
+
 def _eval_subset(test: ImageDataset, n: int) -> ImageDataset:
-    if n <= 0 or n >= len(test):
+    if _eval_count(len(test), n) == len(test):
         return test
     g = torch.Generator().manual_seed(0)
     return test.subset(torch.randperm(len(test), generator=g)[:n].sort().values)
