@@ -303,14 +303,17 @@ def model_picker() -> LoadedModel:
     sb.selectbox("Model", list(opts), format_func=opts.get, key=MODEL_KEY, on_change=_on_pick)
     if not BUNDLED_PATH.exists():
         sb.caption("The bundled CIFAR-10 model is not installed yet: pick a run, or the untrained model.")
+    # One container for the messages, always drawn: when a message comes or goes, the expander
+    # below keeps its place, so it stays open and an upload in flight inside it is not lost.
+    messages = sb.container()
     error = st.session_state.pop(_ERROR, None)
     if error:
-        sb.error(error)
+        messages.error(error)
     key = st.session_state[CHOICE]
     try:
         loaded = load_model(key)
     except CheckpointError as e:  # e.g. the file changed on disk since it was chosen
-        sb.error(f"{e} Using the previous model.")
+        messages.error(f"{e} Using the previous model.")
         fallback = st.session_state.get(_LAST_GOOD, "untrained")
         loaded = load_model(fallback if fallback != key else "untrained")
     st.session_state[_LAST_GOOD] = loaded.key
@@ -362,11 +365,10 @@ def _download_and_select(name: str, have: bool) -> None:
     if not have and pretrained is not None and hasattr(pretrained, "download_pretrained"):
         bar = st.progress(0.0, text=f"Downloading {name}...")
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int | None) -> None:
             frac = done / total if total else 0.0
-            bar.progress(
-                min(max(frac, 0.0), 1.0), text=f"Downloading {name}: {done / 2**20:.0f} / {total / 2**20:.0f} MB"
-            )
+            size = f"{total / 2**20:.0f} MB" if total else "? MB"  # total is None when the server does not say
+            bar.progress(min(max(frac, 0.0), 1.0), text=f"Downloading {name}: {done / 2**20:.0f} / {size}")
 
         try:
             pretrained.download_pretrained(name, progress=progress)

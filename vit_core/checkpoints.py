@@ -359,6 +359,8 @@ def _torch_load_weights_only(path: Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as e:
         detail = str(e).strip().splitlines()
         reason = next((line.strip() for line in detail if "global" in line.lower()), detail[0] if detail else "")
+        # torch's own advice (allow-list the global) is the opposite of what a stranger's file deserves
+        reason = re.sub(r"^WeightsUnpickler error:\s*|\s*Please use .*$", "", reason)
         raise CheckpointError(
             f"{path.name} was not loaded: it contains Python objects that would run code when unpickled "
             f"({reason[:200]}). vit_core only reads plain tensors. If you trust the file, load it in Python and "
