@@ -160,6 +160,21 @@ def test_start_twice_and_resume_of_a_finished_run_are_refused(folder):
         run.resume()
 
 
+def test_snapshot_cadence_by_steps_and_by_time(folder):
+    every_step = TrainingRun(
+        tiny_config(epochs=2), DataSource("path", str(folder)), snapshots=1000, min_snapshot_interval_s=0
+    )
+    every_step.start()
+    assert every_step.join(60)
+    assert [s.step for s in every_step.view().snapshots] == list(range(0, 19))  # 18 steps, plus step 0
+    sparse = TrainingRun(
+        tiny_config(epochs=2), DataSource("path", str(folder)), snapshots=1000, min_snapshot_interval_s=1e6
+    )
+    sparse.start()
+    assert sparse.join(60)
+    assert [s.step for s in sparse.view().snapshots] == [0, 18]  # the start and the end are always taken
+
+
 def test_two_clicks_at_once_start_one_thread(folder):
     run = TrainingRun(tiny_config(epochs=1), DataSource("path", str(folder)))
     refused: list[Exception] = []

@@ -573,7 +573,10 @@ class TrainingRun:
         source: where the images come from.
         out_dir: the run folder (last.pt, best.safetensors, model.safetensors, metrics.json);
             default: a new folder under `runs_root()`.
-        snapshots: about how many snapshots to take over the run (plus one at step 0).
+        snapshots: about how many snapshots to take over the run (plus one at step 0 and one
+            at the end).
+        min_snapshot_interval_s: wall seconds between two snapshots at least, so that a short
+            run (or a slow machine) does not spend a noticeable share of its time on them.
         eval_size: test images used for the evaluations during training (a fixed, shuffled
             subset, to keep them cheap); the whole test set is evaluated at the end.
         probe_index: index in the test set of the probe image for the [CLS] attention maps.
@@ -588,6 +591,7 @@ class TrainingRun:
         source: DataSource,
         out_dir: str | os.PathLike | None = None,
         snapshots: int = 40,
+        min_snapshot_interval_s: float = 2.0,
         eval_size: int = 2000,
         probe_index: int = 0,
         owner_alive: Callable[[], bool] | None = None,
@@ -600,6 +604,7 @@ class TrainingRun:
             Path(out_dir) if out_dir is not None else runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
         )
         self.n_snapshots = max(1, int(snapshots))
+        self.min_snapshot_interval_s = float(min_snapshot_interval_s)
         self.eval_size = int(eval_size)
         self.probe_index = int(probe_index)
         self.name = name or cfg.name
@@ -634,6 +639,7 @@ class TrainingRun:
         self._params = 0
         self._tokens = 0
         self._snapshot_every = 1
+        self._t_snapshot = -math.inf  # perf_counter of the last snapshot
         self._t_first: float | None = None
         self._t_last: float | None = None
         self._n_first = 0
@@ -888,7 +894,11 @@ class TrainingRun:
             if self._t_first is None:
                 self._t_first, self._n_first = now, m.step
             self._t_last, self._n_last = now, m.step
-            due = m.step % self._snapshot_every == 0 and m.step < m.total_steps
+            due = (
+                m.step % self._snapshot_every == 0
+                and m.step < m.total_steps
+                and now - self._t_snapshot >= self.min_snapshot_interval_s
+            )
         if due:
             trainer = self._trainer
             if trainer is not None:
@@ -926,6 +936,7 @@ class TrainingRun:
             return
         with self.lock:
             self._snapshots.append(snap)
+            self._t_snapshot = time.perf_counter()
 
     # -- reading (any thread) -----------------------------------------------------------
 
