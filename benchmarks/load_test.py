@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--waves", type=int, default=1, help="waves of new sessions with new images")
     ap.add_argument("--url", help="an app already running (no memory figures then)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--direct", action="store_true", help="open /attention first (as tests/test_load.py does)")
     args = ap.parse_args(argv)
 
     report: dict = {"sessions": args.sessions, "waves": []}
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         for wave in range(args.waves):
             images = images_for_wave(wave, args.sessions)
             t0 = time.perf_counter()
-            results = asyncio.run(run_wave(url, images))
+            results = asyncio.run(run_wave(url, images, args.direct))
             wall = time.perf_counter() - t0
             check(results, dict(images))
             w = {

@@ -216,7 +216,7 @@ def upload_image(pg, name: str, mime: str, data: bytes) -> None:
     uploader.locator('input[type="file"]').set_input_files(files=[{"name": name, "mimeType": mime, "buffer": data}])
 
 
-def test_bad_images_give_a_short_message_and_keep_the_previous_image(page):
+def test_bad_images_give_a_short_message_and_keep_the_previous_image(page, tmp_path):
     before = prediction(page)
     for name, mime, make, words in BAD_IMAGES:
         upload_image(page, name, mime, make())
@@ -228,6 +228,22 @@ def test_bad_images_give_a_short_message_and_keep_the_previous_image(page):
         assert prediction(page)["image"] == before["image"]  # the page still shows the previous image
         if name in ("notes.png", "bomb.png"):
             shoot(page, name.split(".")[0])
+    # over the image uploader's limit (ui.images.MAX_IMAGE_MB = 20 MB): the widget refuses it
+    huge = tmp_path / "huge.png"  # 21 MB, sparse: handed to the browser as a path, not sent through the driver
+    with open(huge, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(21 * 2**20)
+    page.locator('[data-testid="stSidebar"] [data-testid="stFileUploader"]').filter(has_text="upload an image").locator(
+        'input[type="file"]'
+    ).set_input_files(str(huge))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stFileUploader\"]')].some(e => /must be .*or smaller/i.test(e.innerText))",
+        timeout=30_000,
+    )
+    idle(page)
+    assert_no_crash(page)
+    assert prediction(page)["image"] == before["image"]
+    shoot(page, "too_big")
     # the session goes on: a good upload after all that works
     good = synthetic_photo(11)
     upload_image(page, "after_bad.png", "image/png", good)
@@ -371,7 +387,9 @@ def test_a_download_cut_short_leaves_no_file_and_keeps_the_model(page, server, h
     wait_for_text(page, '[data-testid="stSidebar"] [data-testid="stAlert"]', "Could not download")
     assert_no_crash(page)
     msg = next(e for e in sidebar_errors(page) if "Could not download" in e)
-    assert "is not on this computer" in msg and len(msg) < MAX_MESSAGE, msg
+    assert "is not on this computer (the connection broke off during the transfer)" in msg, msg
+    assert "put it at" in msg and msg.rstrip().endswith("model.safetensors."), msg  # not cut off
+    assert len(msg) < MAX_MESSAGE, msg
     assert any(method == "GET" for method, _ in hub.requests)  # it did reach the (local) server
     assert not [p for p in server.hf_cache.rglob("snapshots/*/*") if p.is_file()]  # nothing usable was kept
     shoot(page, "download")

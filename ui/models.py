@@ -374,7 +374,7 @@ def _download_and_select(name: str, have: bool) -> None:
             pretrained.download_pretrained(name, progress=progress)
         except Exception as e:  # no network, a proxy, a full disk: say so, keep the app going
             bar.empty()
-            st.error(f"Could not download {name}. {str(e)[:400]}")
+            st.error(f"Could not download {name}. {str(e)[:700]}")  # the end says where to put the file by hand
             return
         bar.empty()
     if _try_select(f"pretrained:{name}", f"Pretrained: {name}"):

@@ -7,6 +7,7 @@ is called. Weights go to the user's Hugging Face cache; a file can also be put b
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -361,10 +362,36 @@ def _offline() -> bool:
 
 
 def _reason(e: Exception, offline: bool) -> str:
+    """A few words on why a download failed, from the error and the errors it wraps."""
     if offline:
         return "HF_HUB_OFFLINE is set and it is not in the cache"
-    if isinstance(e, OSError) and getattr(e, "errno", None) is not None:
-        return f"could not write it: {e.strerror or e}"
+    chain: list[BaseException] = []
+    err: BaseException | None = e
+    while err is not None and err not in chain and len(chain) < 8:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    names = " ".join(type(x).__name__ for x in chain)
+    codes = [getattr(getattr(x, "response", None), "status_code", None) for x in chain]
+    status = next((c for c in codes if isinstance(c, int)), None)
+    if "ConnectError" in names or "ConnectionRefused" in names or "NameResolution" in names:
+        return "could not connect to the Hub"
+    if "Timeout" in names:
+        return "the Hub did not answer in time"
+    if any(k in names for k in ("RemoteProtocolError", "ReadError", "IncompleteRead", "ChunkedEncoding")):
+        return "the connection broke off during the transfer"
+    if status is not None:
+        return f"the Hub answered HTTP {status}"
+    disk = next(
+        (
+            x
+            for x in chain
+            if isinstance(x, OSError)
+            and x.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+        ),
+        None,
+    )
+    if disk is not None:
+        return f"could not write it: {disk.strerror or disk}"
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
