@@ -7,6 +7,7 @@
   file that a later load would use, and a good server afterwards gives the right bytes.
 * A full disk while saving a checkpoint: the real safetensors writer under a file-size limit
   (the kernel refuses the write, EFBIG) and a writer that fails with ENOSPC half-way.
+* Damaged files of nine image formats (byte flips, truncation): an image or an ImageError, nothing else.
 * Checkpoint metadata that lies: safetensors headers that look like a pickle, configs that
   are not buildable or claim a far larger model than the weights, class names that disagree.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import json
 import os
 import struct
@@ -27,16 +29,29 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save, save_file
 
 from tests._fault_servers import FaultServer, refused_url
 from tests._tiny_data import make_cifar_archive
 from tests.vit_reference import make_timm_state_dict
-from vit_core import CheckpointError, DataError, VisionTransformer, ViTConfig, load_checkpoint, save_checkpoint
+from vit_core import (
+    CheckpointError,
+    DataError,
+    ImageError,
+    VisionTransformer,
+    ViTConfig,
+    load_checkpoint,
+    load_image,
+    preprocess,
+    save_checkpoint,
+)
 from vit_core import checkpoints as ckpt_mod
 from vit_core import data as D
 from vit_core import pretrained as P
@@ -47,6 +62,41 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged images of every format Pillow writes: the loader's only error is ImageError
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "PPM", "TGA"])
+def test_damaged_files_of_every_format_give_an_image_or_an_image_error(fmt):
+    """Random byte flips (in the header or anywhere) and truncations of a small valid file: each
+    load either gives an RGB image the preprocessing takes, or raises ImageError; never another
+    exception, which the upload widget would show as a traceback."""
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buf, format=fmt)
+    data = buf.getvalue()
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, crop_pct=1.0)
+    outcomes = {"image": 0, "error": 0}
+    for i in range(200):
+        d = bytearray(data)
+        for _ in range(int(rng.integers(1, 8))):
+            d[int(rng.integers(0, min(len(d), 64 if i % 2 else len(d))))] = int(rng.integers(0, 256))
+        if i % 4 == 0:
+            d = d[: int(rng.integers(1, len(d)))]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = load_image(bytes(d))
+        except ImageError as e:
+            assert str(e) and "Traceback" not in str(e)
+            outcomes["error"] += 1
+            continue
+        assert img.mode == "RGB" and min(img.size) >= 1
+        assert preprocess(img, cfg).shape == (1, 3, 32, 32)
+        outcomes["image"] += 1
+    assert outcomes["error"] > 0  # the damage was real
 
 
 # ----------------------------------------------------------------------------------------------
