@@ -7,7 +7,8 @@
   file that a later load would use, and a good server afterwards gives the right bytes.
 * A full disk while saving a checkpoint: the real safetensors writer under a file-size limit
   (the kernel refuses the write, EFBIG) and a writer that fails with ENOSPC half-way.
-* Damaged files of nine image formats (byte flips, truncation): an image or an ImageError, nothing else.
+* Damaged files of nine image formats and of checkpoints (byte flips, truncation): an image or
+  an ImageError, a model or a CheckpointError, nothing else.
 * Checkpoint metadata that lies: safetensors headers that look like a pickle, configs that
   are not buildable or claim a far larger model than the weights, class names that disagree.
 
@@ -268,6 +269,36 @@ def test_no_space_left_mid_write_keeps_the_old_checkpoint(tmp_path, monkeypatch)
 
 def _header_len(path: Path) -> int:
     return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+@pytest.mark.parametrize("kind", ["own.safetensors", "state_dict.pth"])
+def test_damaged_checkpoints_give_a_model_or_a_checkpoint_error(tmp_path, kind):
+    """Byte flips in the header / zip directory or anywhere, and truncations: load_checkpoint gives
+    a working model or a CheckpointError, never another exception (the sidebar shows only those)."""
+    rng = np.random.default_rng(3)
+    model = _tiny_model(0)
+    if kind.endswith(".pth"):
+        torch.save(model.state_dict(), tmp_path / "src")
+    else:
+        save_checkpoint(model, tmp_path / "src")
+    data = (tmp_path / "src").read_bytes()
+    loaded = 0
+    for i in range(300):
+        d = bytearray(data)
+        # torch zips keep their directory at the end; safetensors their JSON header at the start
+        region = range(len(d) - 600, len(d)) if kind.endswith(".pth") and i % 2 else range(0, min(len(d), 1200))
+        for _ in range(int(rng.integers(1, 6))):
+            d[int(rng.choice(region))] = int(rng.integers(0, 256))
+        if i % 7 == 0:
+            d = d[: int(rng.integers(1, len(d)))]
+        (tmp_path / kind).write_bytes(bytes(d))
+        try:
+            m = load_checkpoint(tmp_path / kind)
+        except CheckpointError:
+            continue
+        assert m(torch.zeros(1, 3, *m.cfg.img_size)).shape[0] == 1
+        loaded += 1
+    assert loaded < 300  # the damage was real
 
 
 def test_own_checkpoint_whose_header_length_starts_like_a_pickle(tmp_path):
