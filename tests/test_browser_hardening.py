@@ -287,9 +287,9 @@ class _RunsCode:
         return (Path.write_text, (self.marker, "pwned"))
 
 
-def _tiny(classes: int = 3, img: int = 32) -> VisionTransformer:
+def _tiny(classes: int = 3) -> VisionTransformer:
     torch.manual_seed(0)
-    cfg = ViTConfig(img_size=img, patch_size=8, num_classes=classes, embed_dim=24, depth=2, num_heads=2, crop_pct=1.0)
+    cfg = ViTConfig(img_size=32, patch_size=8, num_classes=classes, embed_dim=24, depth=2, num_heads=2, crop_pct=1.0)
     return VisionTransformer(cfg, [f"thing {i}" for i in range(classes)]).eval()
 
 
@@ -327,27 +327,27 @@ def test_bad_checkpoints_run_nothing_and_keep_the_previous_model(page, tmp_path)
     wait_for_text(page, '[data-testid="stMain"] [data-testid="stAlert"]', "image: upload: for_models.png")
     open_more_models(page)
     model_before = selected_model(page)
-    image_before = prediction(page)
+    shown_before = prediction(page)
     marker = tmp_path / "side_effect.txt"
+    # the payload is live: unpickled without weights_only it does write its file
+    control = tmp_path / "control.txt"
+    pickle.loads(pickle.dumps(_RunsCode(control)))
+    assert control.read_text() == "pwned"
+    evil_zip = io.BytesIO()
+    torch.save({"model": _tiny().state_dict(), "payload": _RunsCode(marker)}, evil_zip)
     good = save_checkpoint(_tiny(), tmp_path / "good.safetensors").read_bytes()
     resnet = tmp_path / "resnet.safetensors"
     save_file({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, resnet)
+    lying_head = _lying_checkpoint(tmp_path / "classes.safetensors", num_classes=5)
+    lying_size = _lying_checkpoint(tmp_path / "size.safetensors", img_size=[64, 64])
     cases = [  # (how, file name, bytes or path, words the message must contain)
         ("upload", "evil.pth", pickle.dumps({"state_dict": _RunsCode(marker)}, protocol=2), "would run code"),
-        ("upload", "evil_zip.pt", None, "would run code"),
+        ("upload", "evil_zip.pt", evil_zip.getvalue(), "would run code"),
         ("upload", "resnet.safetensors", resnet.read_bytes(), "unknown checkpoint format"),
         ("upload", "cut.safetensors", good[: len(good) // 2], "truncated"),
-        (
-            "path",
-            "classes.safetensors",
-            _lying_checkpoint(tmp_path / "classes.safetensors", num_classes=5),
-            "head.weight",
-        ),
-        ("path", "size.safetensors", _lying_checkpoint(tmp_path / "size.safetensors", img_size=[64, 64]), "64x64"),
+        ("path", "classes.safetensors", lying_head, "head.weight"),  # 5 classes named, 3 in the weights
+        ("path", "size.safetensors", lying_size, "64x64"),  # 64x64 said, 32x32 position embeddings
     ]
-    buf = io.BytesIO()
-    torch.save({"model": _tiny().state_dict(), "payload": _RunsCode(marker)}, buf)
-    cases[1] = (*cases[1][:2], buf.getvalue(), cases[1][3])
     for how, name, payload, words in cases:
         if how == "upload":
             uploader = page.locator('[data-testid="stSidebar"] [data-testid="stFileUploader"]').filter(
@@ -366,7 +366,7 @@ def test_bad_checkpoints_run_nothing_and_keep_the_previous_model(page, tmp_path)
         assert len(msg) < MAX_MESSAGE, msg
         assert not marker.exists(), "a checkpoint ran code"
         assert selected_model(page) == model_before
-        assert prediction(page)["model"] == image_before["model"]
+        assert prediction(page)["model"] == shown_before["model"]
         if name in ("evil.pth", "size.safetensors"):
             shoot(page, name.split(".")[0])
         open_more_models(page)

@@ -149,6 +149,75 @@ def newest_metrics(runs_dir: Path) -> dict:
     return json.loads((folders[-1] / "metrics.json").read_text()) if folders else {}
 
 
+def progress_text(pg) -> str:
+    bars = pg.locator('[data-testid="stProgress"]')
+    return bars.first.inner_text() if bars.count() else ""
+
+
+def wait_running(pg) -> None:
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some(e => /step [1-9]/.test(e.innerText))",
+        timeout=120_000,
+    )
+
+
+def test_pause_resume_and_stop_a_long_run(server, browser):
+    """The live view of a run too long to end by itself: pause holds the step, resume goes on, stop ends it."""
+    url, _ = server
+    context, pg = open_train_page(browser, url)
+    try:
+        main = pg.locator('[data-testid="stMain"]')
+        choose(pg, "Batch size", "8")  # the default model (about 1.8M parameters): tens of ms a step
+        type_number(pg, "Epochs", "500")  # 4,500 steps: minutes
+        pg.get_by_role("button", name=re.compile("Start training")).click()
+        wait_running(pg)
+        pg.get_by_role("button", name=re.compile("Pause")).click()
+        pg.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some(e => /^Paused: step/.test(e.innerText.trim()))",
+            timeout=30_000,
+        )
+
+        def step_of(text: str) -> int:
+            return int(re.search(r"step ([\d,]+)", text).group(1).replace(",", ""))
+
+        # the step in flight when the click came still lands (seconds on a busy CPU), and the
+        # page shows the state of its last poll: after that the count must hold
+        time.sleep(3.0)
+        held = progress_text(pg)
+        time.sleep(3.0)
+        assert progress_text(pg) == held, "the step count moved while paused"
+        time.sleep(0.5)  # let the curves draw
+        shoot(pg, "train_live")
+        step_paused = step_of(held)
+        pg.get_by_role("button", name=re.compile("Resume")).click()
+        deadline = time.time() + 60
+        while True:
+            m = re.search(r"step ([\d,]+)", progress_text(pg))
+            if m and int(m.group(1).replace(",", "")) > step_paused:
+                break
+            assert time.time() < deadline, "the run did not go on after Resume"
+            time.sleep(0.3)
+        pg.get_by_role("button", name=re.compile(r"\bStop\b")).click()
+        try:
+            pg.wait_for_function(
+                "() => (document.querySelector('[data-testid=\"stMain\"]') || {innerText: ''}).innerText.includes('Stopped at step')",
+                timeout=120_000,
+            )
+        except Exception:
+            shoot(pg, "train_stop_failed")
+            raise
+        idle(pg)
+        assert pg.locator('[data-testid="stException"]').count() == 0
+        steps = re.search(r"Steps\s*([\d,]+) of 4,500", main.inner_text())
+        assert steps and step_paused < int(steps.group(1).replace(",", "")) < 4_500
+        assert pg.get_by_role("button", name=re.compile("Resume training")).count() == 1
+        pg.get_by_role("button", name=re.compile("New run")).click()
+        idle(pg)
+        assert pg.get_by_role("button", name=re.compile("Start training")).count() == 1
+    finally:
+        context.close()
+
+
 def test_train_a_few_steps_and_use_the_model(server, browser):
     url, _ = server
     context, pg = open_train_page(browser, url)
@@ -163,15 +232,9 @@ def test_train_a_few_steps_and_use_the_model(server, browser):
         assert re.search(r"Optimiser steps\s*27", main.inner_text())
         shoot(pg, "train_setup")
 
+        # 27 steps of this model take well under a second: the live view may never be drawn
+        # (test_pause_resume_and_stop_a_long_run looks at it), so wait for the end
         pg.get_by_role("button", name=re.compile("Start training")).click()
-        pg.wait_for_function(
-            "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some(e => /step [1-9]/.test(e.innerText))",
-            timeout=120_000,
-        )
-        assert pg.get_by_role("button", name=re.compile("Pause")).count() == 1
-        time.sleep(1.5)  # let the curves draw
-        shoot(pg, "train_live")
-
         pg.wait_for_function(
             "() => (document.querySelector('[data-testid=\"stMain\"]') || {innerText: ''}).innerText.includes('Finished 27 steps')",
             timeout=180_000,

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from vit_core import load_checkpoint
 from vit_core.data import ImageDataset
+from vit_core.errors import CheckpointError
 from vit_core.train import (
     PRESETS,
     TrainConfig,
@@ -179,6 +180,34 @@ def test_stop_and_resume_equals_uninterrupted(data: tuple[ImageDataset, ImageDat
     sa, sb = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
     assert [h.acc for h in full_res.history] == [h.acc for h in res2.history]
+
+
+def test_init_from_starts_at_those_weights(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:
+    """A warm start copies every weight; a model of another shape or other classes is refused by name."""
+    train, test = data
+    first = Trainer(tiny_config(epochs=2), train, test, out_dir=tmp_path / "a")
+    first_res = first.run()
+    src = tmp_path / "a" / "best.safetensors"
+    warm = Trainer(tiny_config(epochs=1, seed=11, init_from=str(src)), train, test, out_dir=tmp_path / "b")
+    best = load_checkpoint(src)
+    a, b = _params(best), _params(warm.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # before any step: exactly the file's weights
+    cold = Trainer(tiny_config(epochs=1, seed=11), train, test)
+    assert not torch.equal(_params(cold.model)["pos_embed"], b["pos_embed"])
+    assert warm.evaluate(test).acc == pytest.approx(first_res.best_acc)
+    doc_cfg = warm.state_dict()["config"]
+    assert doc_cfg["init_from"] == str(src)  # recorded with the run
+    # resuming a warm-started run does not read the warm-start file again
+    warm.on_step = lambda m: warm.request_stop() if m.step == 3 else None
+    warm.run()
+    src.rename(tmp_path / "gone.safetensors")
+    resumed = Trainer.resume(tmp_path / "b" / "last.pt", train, test)
+    assert resumed.step == 3 and resumed.cfg.init_from == str(src)
+    with pytest.raises(CheckpointError, match="shape of the configured model"):
+        Trainer(tiny_config(embed_dim=16, init_from=str(tmp_path / "gone.safetensors")), train, test)
+    other = ImageDataset(train.images, train.labels, ["a", "b", "c", "d"], "renamed")
+    with pytest.raises(CheckpointError, match="other classes"):
+        Trainer(tiny_config(init_from=str(tmp_path / "gone.safetensors")), other, test)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:

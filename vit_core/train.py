@@ -108,6 +108,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every this many steps; 0 = once per epoch
     eval_batch_size: int = 500  # images per forward pass when evaluating
     name: str = "ViT-CIFAR10"  # the model's menu name in exported checkpoints
+    init_from: str = ""  # start from these weights (a checkpoint of the same shape), not at random
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -414,6 +415,8 @@ class Trainer:
         self.autocast_dtype = self._autocast_dtype()
         torch.manual_seed(cfg.seed)
         self.model = VisionTransformer(cfg.vit_config(train.num_classes, int(train.images.shape[1])), train.class_names)
+        if cfg.init_from:
+            self._init_weights(cfg.init_from)
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
@@ -431,6 +434,23 @@ class Trainer:
         self._running.set()
         self._loss_since_eval: list[float] = []
         self._last_good_step: int | None = None
+
+    def _init_weights(self, path: str) -> None:
+        """Warm start: copy every weight from `path`, which must hold a model of exactly this shape."""
+        src = load_checkpoint(path)
+        mine, theirs = self.model.state_dict(), src.state_dict()
+        wrong = sorted(
+            k for k in set(mine) | set(theirs) if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape
+        )
+        if wrong:
+            raise CheckpointError(
+                f"{path} does not have the shape of the configured model ({len(wrong)} tensors differ, "
+                f"first {wrong[0]}); set the model options to its shape or leave init_from empty."
+            )
+        generic = [f"class {i}" for i in range(len(src.class_names))]
+        if src.class_names != generic and list(src.class_names) != list(self.train_data.class_names):
+            raise CheckpointError(f"{path} was trained on other classes: {src.class_names[:5]}...")
+        self.model.load_state_dict({k: v.float() for k, v in theirs.items()})
 
     # -- control from another thread ---------------------------------------------------
 
@@ -726,7 +746,15 @@ class Trainer:
         cfg = TrainConfig.from_dict(state["config"])
         if config_changes:
             cfg = cfg.replace(**config_changes)
-        trainer = cls(cfg, train, test, out_dir=out_dir if out_dir is not None else Path(path).parent, **kwargs)
+        # the weights come from the checkpoint: no warm start to read (its file may be gone)
+        trainer = cls(
+            cfg.replace(init_from=""),
+            train,
+            test,
+            out_dir=out_dir if out_dir is not None else Path(path).parent,
+            **kwargs,
+        )
+        trainer.cfg = cfg
         try:
             trainer.load_state(path)
         except RuntimeError as e:
