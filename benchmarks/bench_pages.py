@@ -11,6 +11,9 @@ draws. Timed, median of --repeats:
     ratio, start layer, occluded patch, top-k, ...) and the page's affected work is redone
     (target < 0.15 s);
   * ViT-B/16 (random weights, 224x224): the first image, every figure of each page (target < 3 s).
+Threads: as the app sets them (vit_core.threads: one thread up to ViT-B size), or a fixed
+--threads N. --compare-threads times every new-image page with 1 thread
+and with torch's default, alternating sample by sample, and prints the ratio.
 The bundled model is assets/vit_cifar10.safetensors; if it is missing, the untrained
 CIFAR-sized ViT the app falls back to (same architecture) is used, and the output says so.
 Streamlit's caches run in memory without a server (cache hits copy results as they would in
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import statistics
 import sys
@@ -36,12 +38,15 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-logging.getLogger("streamlit").setLevel(logging.ERROR)
+import streamlit.logger  # noqa: E402
+
+streamlit.logger.set_log_level("error")  # no "No runtime found" / "missing ScriptRunContext" per call
 
 import vit_plots as vp  # noqa: E402
 from ui import compute  # noqa: E402
 from ui.models import BUNDLED_PATH, untrained_cifar_model  # noqa: E402
 from vit_core import VisionTransformer, ViTConfig, load_checkpoint  # noqa: E402
+from vit_core.threads import _DEFAULT_THREADS, use_inference_threads  # noqa: E402
 
 
 class Page:
@@ -253,6 +258,24 @@ def bench_sliders(model: VisionTransformer, model_id: str, repeats: int) -> dict
     return {k: median2(v) for k, v in out.items()}
 
 
+def compare_threads(model: VisionTransformer, model_id: str, repeats: int, seed0: int) -> None:
+    """Every page from a new image with 1 thread and with the default, sample by sample."""
+    counts = sorted({1, _DEFAULT_THREADS})
+    walls: dict[tuple[str, int], list[float]] = {}
+    for r in range(repeats):
+        for i, name in enumerate(PAGES):
+            for n in counts if r % 2 == 0 else counts[::-1]:
+                torch.set_num_threads(n)
+                walls.setdefault((name, n), []).append(
+                    new_image(model, model_id, name, seed0 + 100 * r + 10 * i + n)[0]
+                )
+    head = "  ".join(f"{n} thread{'s' if n > 1 else ''}" for n in counts)
+    print(f"    {'page':<11s} {head}  (median wall s)  ratio {counts[-1]}/{counts[0]}")
+    for name in PAGES:
+        med = [statistics.median(walls[(name, n)]) for n in counts]
+        print(f"    {name:<11s} " + "  ".join(f"{m:9.3f}" for m in med) + f"  {med[-1] / med[0]:23.2f}")
+
+
 def report(rows: dict[str, tuple[float, float]], target: float, width: int) -> float:
     worst = 0.0
     for name, (wall, cpu) in rows.items():
@@ -264,13 +287,19 @@ def report(rows: dict[str, tuple[float, float]], target: float, width: int) -> f
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="fixed torch threads (0: as the app sets them per model)")
+    ap.add_argument("--compare-threads", action="store_true", help="also time 1 thread against the default")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+    def set_threads(m: VisionTransformer) -> int:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+            return args.threads
+        return use_inference_threads(m)
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {load:.1f}; median of {args.repeats}"
+        f"torch {torch.__version__}, default {_DEFAULT_THREADS} threads, {os.cpu_count()} cores, load average {load:.1f}; median of {args.repeats}"
     )
 
     if BUNDLED_PATH.exists():
@@ -285,20 +314,29 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{label}: {model.num_params() / 1e6:.2f} M params, {cfg.img_size[0]}x{cfg.img_size[1]}, patch {cfg.patch_size}, {cfg.depth} layers, {cfg.num_heads} heads"
     )
+    print(f"  threads: {set_threads(model)}")
     PAGES["overview"](Page(model, model_id, image_bytes(99_999)))  # warm-up: plotly, torch kernels
     print("  new image -> every figure of the page (target < 0.30 s):")
     worst = report(bench_new_image(model, model_id, args.repeats), 0.3, 11)
     print("  slider change, trace cached (target < 0.15 s):")
     worst_s = report(bench_sliders(model, model_id, args.repeats), 0.15, 34)
+    if args.compare_threads:
+        print("  new image, 1 thread against the default (alternating):")
+        compare_threads(model, model_id, args.repeats, 50_000)
+        set_threads(model)
 
     torch.manual_seed(0)
     vitb = VisionTransformer(ViTConfig(name="ViT-B/16 (random weights)")).eval()  # 224, patch 16, 12 x 12 heads
     print(f"\nViT-B/16, random weights: {vitb.num_params() / 1e6:.1f} M params, 224x224, 196 patches")
+    print(f"  threads: {set_threads(vitb)}")
     photo = (ROOT / "assets" / "samples" / "photos" / "chelsea_cat.jpg").read_bytes()
     wall, cpu = timed(lambda: Page(vitb, "bench:vitb", photo))
     print(f"  first image, preprocessing + traced forward pass: {wall:6.3f} s wall {cpu:6.3f} s cpu")
     print("  first image -> every figure of the page (target < 3 s):")
     worst_b = report({name: new_image(vitb, "bench:vitb", name, 1000 + i) for i, name in enumerate(PAGES)}, 3.0, 11)
+    if args.compare_threads:
+        print("  first image, 1 thread against the default (alternating):")
+        compare_threads(vitb, "bench:vitb", 1, 60_000)
     print(f"\nworst wall: new image {worst:.3f} s, slider {worst_s:.3f} s, ViT-B/16 first image {worst_b:.3f} s")
     return 0
 

@@ -8,6 +8,7 @@ import numpy as np
 import streamlit as st
 
 from vit_core import VisionTransformer, ViTConfig
+from vit_core.threads import use_inference_threads
 
 from . import compute
 from .images import ImageChoice, image_picker
@@ -107,6 +108,7 @@ def sidebar() -> tuple[LoadedModel, ImageChoice]:
     st.sidebar.header("Image")
     image = image_picker()
     st.session_state[_SELECTION] = (loaded, image)
+    use_inference_threads(loaded.model)  # this script run's thread: 1 for small models
     try:
         prep = compute.prepare(loaded.model, loaded.model_id, image.key, image.data)
     except Exception as e:  # a model/image mismatch must not take the whole app down

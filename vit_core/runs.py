@@ -72,6 +72,7 @@ from .data import (
 )
 from .errors import DataError, VitCoreError
 from .model import VisionTransformer
+from .threads import training_threads
 from .train import PRESETS, EvalResult, StepMetrics, TrainConfig, Trainer, misclassified, resolve_device
 
 MAX_RUNS_ENV = "VIT_EXPLORER_MAX_RUNS"
@@ -788,6 +789,7 @@ class TrainingRun:
                 setattr(self, "_" + k, v)
 
     def _main(self, resume: bool) -> None:
+        torch.set_num_threads(training_threads())  # not whatever the last page run left behind
         try:
             self._run(resume)
         except VitCoreError as e:
