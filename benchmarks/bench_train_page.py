@@ -108,7 +108,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch threads for both (CLI --threads; the app's training thread takes the process setting); "
+        help="torch threads for both (CLI --threads; the app's training thread: $VIT_EXPLORER_TRAIN_THREADS); "
         "default: torch's default in each",
     )
     args = p.parse_args()
@@ -116,7 +116,8 @@ def main() -> None:
     import torch
 
     if args.threads:
-        torch.set_num_threads(args.threads)  # threads started later (the training thread) take this count
+        torch.set_num_threads(args.threads)
+        os.environ["VIT_EXPLORER_TRAIN_THREADS"] = str(args.threads)  # read by the app's training thread
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load {os.getloadavg()}"
     )

@@ -51,3 +51,16 @@ def test_use_inference_threads_sets_the_calling_thread_only() -> None:
     t.join()
     assert seen == {"returned": 1, "small": 1, "large": max(1, _DEFAULT_THREADS)}
     assert torch.get_num_threads() == before  # the main thread kept its own count
+
+
+def test_training_threads_setting(monkeypatch) -> None:
+    from vit_core.threads import TRAIN_THREADS_ENV, training_threads
+
+    monkeypatch.delenv(TRAIN_THREADS_ENV, raising=False)
+    assert training_threads() == max(1, _DEFAULT_THREADS)
+    monkeypatch.setenv(TRAIN_THREADS_ENV, "1")
+    assert training_threads() == 1
+    monkeypatch.setenv(TRAIN_THREADS_ENV, "0")
+    assert training_threads() == 1
+    monkeypatch.setenv(TRAIN_THREADS_ENV, "two")
+    assert training_threads() == max(1, _DEFAULT_THREADS)

@@ -23,6 +23,8 @@ Server-wide settings (environment variables, read when used):
                                for a reconnect, before it is stopped (default 30)
     VIT_EXPLORER_TRAIN_DIR     where run folders go (default <tmp>/vit-explorer-train;
                                folders older than a day are removed when a new run starts)
+    VIT_EXPLORER_TRAIN_THREADS torch threads of each training thread (default: all cores;
+                               a server shared by a class may want 1)
 
 An owner (an app session) can pass `owner_alive`, a callable that says whether it is still
 connected; a watchdog thread checks it once a second for every active run, so a run whose

@@ -18,6 +18,8 @@ thread sets its own count (`training_threads()`).
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -47,6 +49,15 @@ def use_inference_threads(model: nn.Module) -> int:
     return n
 
 
+TRAIN_THREADS_ENV = "VIT_EXPLORER_TRAIN_THREADS"
+
+
 def training_threads() -> int:
-    """Threads for a training run: every usable core (a batch of 128 images keeps them busy)."""
+    """Threads for an in-app training run: $VIT_EXPLORER_TRAIN_THREADS, else every usable core."""
+    env = os.environ.get(TRAIN_THREADS_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass  # a typo in a server setting must not stop training: use the default
     return max(1, _DEFAULT_THREADS)
