@@ -6,7 +6,9 @@ the prediction of that image, opens the Attention page and waits for all of its 
 prediction text each session shows is checked against vit_core's own computation for its image
 (load_image -> preprocess -> model, no Streamlit, no caches).
 
-Reported: latency per step and per session (p50, p95, max), the server's resident memory
+Reported: latency per step and per session (p50, p95, max), the CPU seconds the app server
+and the whole machine spent during each wave (the browsers share the machine here, unlike a
+classroom where each student's browser runs on their own device), the server's resident memory
 (VmRSS) after start, after one warm-up session and after each wave, and the bytes Streamlit
 holds in each cache (/_stcore/metrics). With `--waves W` the whole thing runs W times
 with new images each time: a bounded app reaches a plateau instead of growing per image.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import sys
@@ -107,14 +110,18 @@ async def one_session(
         t1 = time.perf_counter()
         r.open_s = t1 - t0
         await uploader.locator('input[type="file"]').set_input_files(
-            files=[{"name": name, "mimeType": "image/png", "buffer": data}]
+            files=[{"name": name, "mimeType": "image/png", "buffer": data}], timeout=TIMEOUT_MS
         )
         await _text_appears(pg, '[data-testid="stMain"] [data-testid="stAlert"]', f"image: upload: {name}")
         await _idle(pg)
         t2 = time.perf_counter()
         r.upload_s = t2 - t1
         if not direct:
-            await pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Attention", exact=True).click()
+            await (
+                pg.locator('[data-testid="stSidebarNav"]')
+                .get_by_role("link", name="Attention", exact=True)
+                .click(timeout=TIMEOUT_MS)
+            )
         await _text_appears(pg, "h1", ATTENTION_TITLE)
         await pg.wait_for_function(
             f"document.querySelectorAll('.js-plotly-plot').length >= {ATTENTION_CHARTS}", timeout=TIMEOUT_MS
@@ -181,6 +188,22 @@ def cache_sizes(server: Server) -> dict[str, float]:
     return out
 
 
+def _ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _ticks()
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds every core of the machine has spent busy so far (Linux /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / _ticks()
+
+
 def percentile(values: list[float], q: float) -> float:
     v = sorted(x for x in values if x == x)
     if not v:
@@ -233,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         for wave in range(args.waves):
             images = images_for_wave(wave, args.sessions)
             t0 = time.perf_counter()
+            cpu0 = (process_cpu_s(server.proc.pid), machine_cpu_s()) if server else None
             results = asyncio.run(run_wave(url, images, args.direct))
             wall = time.perf_counter() - t0
+            cpu = (process_cpu_s(server.proc.pid) - cpu0[0], machine_cpu_s() - cpu0[1]) if server else None
             check(results, dict(images))
             w = {
                 "wave": wave,
@@ -246,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             if server:
                 w["rss_mib"] = server.rss_mib()
                 w["caches"] = cache_sizes(server)
+                w["server_cpu_s"], w["machine_cpu_s"] = cpu
             report["waves"].append(w)
             s = w["summary"]
             print(
@@ -254,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"; server RSS {w['rss_mib']:.0f} MiB" if server else ""),
                 flush=True,
             )
+            if server:
+                print(
+                    f"  CPU during the wave: the app server {cpu[0]:.0f} s, the whole machine {cpu[1]:.0f} s "
+                    f"({cpu[0] / max(cpu[1], 1e-9):.0%} the server; the rest is the {len(results)} browser tabs "
+                    f"and anything else running), {os.cpu_count()} cores x {wall:.0f} s = {os.cpu_count() * wall:.0f} s available",
+                    flush=True,
+                )
             for r in results:
                 if not r.correct:
                     print(f"  session {r.index} ({r.image}): shown {r.shown!r} expected {r.expected!r} {r.errors}")
