@@ -142,6 +142,27 @@ def test_navigation_lists_every_page(app):
     ]
 
 
+@pytest.mark.skipif(not BUNDLED.exists(), reason="no bundled model")
+def test_sidebar_gives_the_bundled_models_measured_accuracy(app):
+    import json
+
+    acc = json.loads((ROOT / "assets" / "vit_cifar10.metrics.json").read_text())["test_acc"]
+    caption = " ".join(c.value for c in app.sidebar.caption)
+    assert f"{acc:.1%} right on the CIFAR-10 test set" in caption, caption
+
+
+def test_accuracy_record_that_cannot_be_read_shows_nothing(tmp_path):
+    from ui.models import _read_accuracy
+
+    cases = {"good": ('{"test_acc": 0.5}', 0.5), "junk": ("not json", None), "list": ("[1]", None)}
+    cases |= {"range": ('{"test_acc": 7}', None), "text": ('{"test_acc": "high"}', None)}
+    for name, (text, want) in cases.items():
+        f = tmp_path / f"{name}.json"
+        f.write_text(text)
+        assert _read_accuracy(str(f), f.stat().st_mtime) == want, name
+    assert _read_accuracy(str(tmp_path / "missing.json"), 0.0) is None
+
+
 @pytest.mark.parametrize("page,title,n_charts", PAGES, ids=[p[0].split("/")[1][:-3] for p in PAGES])
 def test_page_with_sample_upload_and_camera(page, title, n_charts):
     at = start()

@@ -15,7 +15,9 @@ Model keys (the picker's option values):
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import tempfile
 import uuid
@@ -330,11 +332,30 @@ def _model_summary(loaded: LoadedModel) -> None:
     sb = st.sidebar
     if loaded.untrained:
         sb.warning("Untrained: random weights. Its predictions mean nothing; the shapes and maths are real.")
+    acc = bundled_test_accuracy() if loaded.key == "bundled" else None
     sb.caption(
         f"{info['params'] / 1e6:.2f} M parameters · {h}x{w} input · patch {info['patch_size']} · "
         f"grid {gh}x{gw} · {info['depth']} layers · {info['num_heads']} heads · D {info['embed_dim']} · "
-        f"{info['num_classes']} classes"
+        f"{info['num_classes']} classes" + (f" · {acc:.1%} right on the CIFAR-10 test set" if acc else "")
     )
+
+
+def bundled_test_accuracy() -> float | None:
+    """The bundled model's measured test accuracy (assets/vit_cifar10.metrics.json), if recorded."""
+    path = BUNDLED_PATH.with_name(BUNDLED_PATH.name.removesuffix(".safetensors") + ".metrics.json")
+    try:
+        return _read_accuracy(str(path), path.stat().st_mtime)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_accuracy(path: str, mtime: float) -> float | None:
+    try:
+        acc = json.loads(Path(path).read_text()).get("test_acc")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(acc) if isinstance(acc, (int, float)) and 0 <= acc <= 1 else None
 
 
 def _more_models() -> None:
