@@ -86,7 +86,8 @@ def test_presets_are_plain_vits_for_cifar() -> None:
         vcfg = cfg.vit_config(10)
         assert vcfg.img_size == (32, 32) and vcfg.class_token and vcfg.global_pool == "token", name
         assert vcfg.crop_pct == 1.0 and vcfg.mean == pytest.approx((0.4914, 0.4822, 0.4465)), name
-    assert PRESETS["quick"].patch_size == 8 and PRESETS["bundled"].patch_size == 4
+    assert PRESETS["quick"].patch_size == 4 and PRESETS["bundled"].patch_size == 4
+    assert PRESETS["quick"].embed_dim < PRESETS["bundled"].embed_dim  # quick is the cheaper one
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:
