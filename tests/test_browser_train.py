@@ -250,13 +250,13 @@ def test_train_a_few_steps_and_use_the_model(server, browser):
         pg.get_by_role("button", name=re.compile("Use this model")).click()
         idle(pg)
         picker = pg.get_by_role("combobox", name="Model", exact=True)
-        assert picker.input_value().startswith("Trained this session: ViT P8 D32 L1")
+        assert picker.input_value().startswith("Trained this session: ViT P4 D32 L1")
         assert "is now selected in the sidebar's model picker" in main.inner_text()
         # ... and another page explains that model
         pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Position embeddings", exact=True).click()
         idle(pg)
-        assert picker.input_value().startswith("Trained this session: ViT P8 D32 L1")
-        assert "grid 4x4" in pg.locator('[data-testid="stSidebar"]').inner_text()  # patch 8 on 32 px
+        assert picker.input_value().startswith("Trained this session: ViT P4 D32 L1")
+        assert "grid 8x8" in pg.locator('[data-testid="stSidebar"]').inner_text()  # the quick preset's patch 4 on 32 px
         assert pg.locator('[data-testid="stException"]').count() == 0
         assert errors == []
     finally:
