@@ -9,22 +9,14 @@ Screenshots go to tests/artifacts/ (train_setup, train_live, train_results).
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, streamlit_server
 from tests._tiny_data import make_image_folder
-
-CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -33,60 +25,24 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train_browser")
     data = make_image_folder(tmp / "data")
     runs_dir = tmp / "runs"
-    port = free_port()
     env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
         "VIT_EXPLORER_DATA": str(data),
         "VIT_EXPLORER_TRAIN_DIR": str(runs_dir),
         "VIT_EXPLORER_RUN_GRACE_S": "0",
     }
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "streamlit_train.log", "w")
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port)]
-    proc = subprocess.Popen(
-        cmd + ["--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"streamlit did not start (exit {proc.poll()}); see tests/artifacts/streamlit_train.log")
-            time.sleep(0.3)
-        yield url, runs_dir
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with streamlit_server("streamlit_train.log", env=env) as srv:
+        yield srv.url, runs_dir
 
 
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
