@@ -171,8 +171,8 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # The first run of the bundled model in assets/: patch 4 (65 tokens), small enough for
     # instant pages. Four epochs is what a 2-core CPU shared with other work finished in one
-    # session; the asset then had a second schedule from these weights (`--init-from`, see
-    # assets/README.md). The same shape keeps improving with longer schedules (see "long").
+    # session; the asset then had two more schedules, each from the last one's weights
+    # (`--init-from`, see assets/README.md). The same shape keeps improving with longer schedules (see "long").
     "bundled": TrainConfig(
         patch_size=4,
         embed_dim=192,
