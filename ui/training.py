@@ -74,7 +74,7 @@ _FIGURES = "_train_figures"  # snapshot figures already built, by (run id, step,
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "vit-explorer-uploads"
 UPLOAD_MB = 200
 
-PRESET_LABELS = {"quick": "Quick", "bundled": "Bundled recipe", "long": "Long"}
+PRESET_LABELS = {"quick": "Quick", "bundled": "Bundled recipe", "long": "Longer (30 epochs)"}
 PATCH_SIZES = (2, 4, 8, 16)
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HEADS = (1, 2, 3, 4, 6, 8, 12, 16)
