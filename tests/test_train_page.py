@@ -95,13 +95,14 @@ def test_start_live_pause_stop_resume_finish_and_use_the_model(tiny):
     assert "72 training and 24 test images, 3 classes, 32x32 pixels" in texts(at, "success")
     assert "train_run" not in at.session_state  # nothing trains before Start
 
-    set_tiny(at, epochs=40)  # 360 steps: long enough to watch, pause and stop it mid-run
+    total = 360  # 40 epochs of 72 images at batch 8: long enough to watch, pause and stop it mid-run
+    set_tiny(at, epochs=total // 9)
     m = metrics(at)
     params, tokens = model_size(
         runs.APP_PRESETS["quick"].replace(**{"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}), 3
     )
     assert m["Parameters"] == f"{params:,}" and m["Tokens per image"] == str(tokens) == "17"
-    assert m["Optimiser steps"] == "360"  # 72 images / batch 8 = 9 steps per epoch, 40 epochs
+    assert m["Optimiser steps"] == str(total)  # 72 images / batch 8 = 9 steps per epoch
     assert m["Estimated time"].endswith(("s", "min"))
     assert "timing two training steps" in texts(at, "caption")
 
@@ -109,7 +110,7 @@ def test_start_live_pause_stop_resume_finish_and_use_the_model(tiny):
     assert not at.exception, [e.message for e in at.exception]
     run = at.session_state["train_run"]
     assert run.alive or run.view().step > 0
-    assert run.cfg.batch_size == 8 and run.cfg.embed_dim == 32 and run.cfg.epochs == 40.0
+    assert run.cfg.batch_size == 8 and run.cfg.embed_dim == 32 and run.cfg.epochs == total / 9
 
     # live: the page shows the thread's progress as it moves
     poll(at, lambda: run.view().step > 0 and "step" in progress_text(at), what="the first steps on the page")
@@ -127,30 +128,30 @@ def test_start_live_pause_stop_resume_finish_and_use_the_model(tiny):
     assert progress_text(at).startswith("Paused") and at.button(key="train_unpause")
     time.sleep(0.4)
     at.run()
-    assert run.view().step == held_at < 360
+    assert run.view().step == held_at < total
 
     at.button(key="train_stop").click().run()
     assert run.join(60)
     poll(at, lambda: bool(at.warning), what="the stopped run's results")
     v = run.view()
     assert v.status == "stopped" and v.step == held_at
-    assert f"Stopped at step {held_at} of 360" in texts(at, "warning")
+    assert f"Stopped at step {held_at} of {total}" in texts(at, "warning")
     assert (v.out_dir / "last.pt").is_file() and v.checkpoint.is_file()
-    assert metrics(at)["Steps"] == f"{held_at} of 360"
+    assert metrics(at)["Steps"] == f"{held_at} of {total}"
 
     at.button(key="train_resume").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert run.join(90)
     poll(at, lambda: bool(at.success), what="the finished run's results")
     v = run.view()
-    assert v.status == "finished" and v.step == 360 and v.steps == list(range(1, 361))
-    assert "Finished 360 steps: test accuracy" in texts(at, "success")
+    assert v.status == "finished" and v.step == total and v.steps == list(range(1, total + 1))
+    assert f"Finished {total} steps: test accuracy" in texts(at, "success")
     assert metrics(at)["Test accuracy"] == f"{v.final.acc:.1%}"
     # curves, three snapshot panels, confusion matrix, per-class accuracy
     assert len(at.get("plotly_chart")) == 6
     steps = [s.step for s in v.snapshots]
     slider = at.select_slider(key="train_snapshot")
-    assert list(slider.options) == [str(s) for s in steps] and slider.value == steps[-1] == 360
+    assert list(slider.options) == [str(s) for s in steps] and slider.value == steps[-1] == total
     slider.set_value(0).run()
     assert "Step 0 (epoch 0.00)." in texts(at, "caption")
     assert at.get("download_button")  # the checkpoint, as .safetensors

@@ -153,9 +153,10 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     # Learning visible within the first minute on a laptop CPU, and 60% CIFAR-10 test accuracy
     # within 10 minutes of training on a 2-core CPU (measured: 60.1% after 550 s, 60.35% at the
-    # end, 615 s; assets/README.md). Patch 4 (8x8 grid, 65 tokens) at width 128 and depth 4
-    # costs about what patch 8 at width 192 and depth 6 does per image, and learns far faster:
-    # that patch-8 model (17 tokens) ended at 51.2% after 5 epochs (540 s).
+    # end, 615 s; `python benchmarks/bench_train.py` prints the curve of a CLI run). Patch 4
+    # (8x8 grid, 65 tokens) at width 128 and depth 4 is about 1.4x slower per image than patch 8
+    # at width 192 and depth 6, and learns far faster: that patch-8 model (17 tokens) ended at
+    # 51.2% after 5 epochs (540 s).
     "quick": TrainConfig(
         patch_size=4,
         embed_dim=128,
@@ -172,7 +173,8 @@ PRESETS: dict[str, TrainConfig] = {
     # The first run of the bundled model in assets/: patch 4 (65 tokens), small enough for
     # instant pages. Four epochs is what a 2-core CPU shared with other work finished in one
     # session; the asset then had two more schedules, each from the last one's weights
-    # (`--init-from`, see assets/README.md). The same shape keeps improving with longer schedules (see "long").
+    # (`--init-from`, see assets/README.md). The same shape keeps improving with longer
+    # schedules (see "long").
     "bundled": TrainConfig(
         patch_size=4,
         embed_dim=192,
