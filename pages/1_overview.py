@@ -53,9 +53,11 @@ st.caption(
 )
 
 st.latex(
-    r"z_0 = [\,x_\text{class};\; x_p^1 E;\; \dots;\; x_p^{" + str(n) + r"} E\,] + E_\text{pos},\quad "
-    r"z_\ell = z'_\ell + \mathrm{MLP}(\mathrm{LN}(z'_\ell)),\; z'_\ell = z_{\ell-1} + \mathrm{MSA}(\mathrm{LN}(z_{\ell-1})),\quad "
-    r"y = \mathrm{Head}(\mathrm{LN}(z_L^0))"
+    # one line per equation: a single line overflows the main column below ~1400 px windows
+    r"\begin{gathered}z_0 = [\,x_\text{class};\; x_p^1 E;\; \dots;\; x_p^{" + str(n) + r"} E\,] + E_\text{pos},\qquad "
+    r"y = \mathrm{Head}(\mathrm{LN}(z_L^0)),\\ "
+    r"z'_\ell = z_{\ell-1} + \mathrm{MSA}(\mathrm{LN}(z_{\ell-1})),\qquad z_\ell = z'_\ell + \mathrm{MLP}(\mathrm{LN}(z'_\ell))"
+    r"\end{gathered}"
 )
 
 st.subheader("What the model is given: preprocessing")

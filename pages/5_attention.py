@@ -116,7 +116,7 @@ st.dataframe(
 )
 j0 = int(top[0])
 st.latex(
-    r"w_{\text{"
+    r"\begin{gathered}w_{\text{"
     + labels[j0]
     + r"}} = \frac{e^{"
     + f"{steps['scores'][j0]:.2f}"
@@ -126,9 +126,9 @@ st.latex(
     + f"{denom:.4f}"
     + "} = "
     + f"{steps['weights'][j0]:.4f}"
-    + r"\quad(\text{scores shifted by their max } "
+    + r"\\ \text{(scores shifted by their max }"
     + f"{s_max:.2f}"
-    + r"\text{ for stability})"
+    + r"\text{ for stability)}\end{gathered}"
 )
 
 st.subheader("Attention rollout: follow attention through all layers")
@@ -140,7 +140,7 @@ st.markdown(
     "the first layers."
 )
 st.latex(
-    r"\hat A_\ell = \mathrm{norm}\!\left(\tfrac12\,\mathrm{fuse}_\text{heads}(A_\ell) + \tfrac12 I\right),\qquad J = \hat A_{L}\cdots\hat A_{\text{start}},\qquad \text{map} = J_{\text{CLS},\,\text{patches}}"
+    r"\hat A_\ell = \mathrm{norm}\!\left(\tfrac12\,\mathrm{fuse}_\text{heads}(A_\ell) + \tfrac12 I\right),\quad J = \hat A_{L}\cdots\hat A_{\text{start}},\quad \text{map} = J_{\text{CLS},\,\text{patches}}"
 )
 c1, c2 = st.columns([1, 2])
 with c1:
@@ -214,8 +214,8 @@ st.markdown(
     "near and far."
 )
 st.latex(
-    r"\text{MAD} = \frac1n\sum_{q} \sum_{t} \tilde A_{qt}\,\lVert \mathrm{pos}_q - \mathrm{pos}_t \rVert \cdot P,"
-    r"\qquad \tilde A = A \text{ over patch keys, rows renormalised}"
+    r"\begin{gathered}\text{MAD} = \frac1n\sum_{q} \sum_{t} \tilde A_{qt}\,\lVert \mathrm{pos}_q - \mathrm{pos}_t \rVert \cdot P,"
+    r"\\ \tilde A = A \text{ over patch keys, rows renormalised}\end{gathered}"
 )
 n_samples = len(compute.sample_files())
 over_samples = st.toggle(f"Average over the {n_samples} sample images instead of this image", key="mad_samples")

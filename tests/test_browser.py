@@ -170,3 +170,27 @@ def test_dark_theme(server, browser):
         shoot(pg, "attention_dark")
     finally:
         context.close()
+
+
+def test_formulas_fit_a_small_laptop_window(server, browser):
+    """At 1100 px wide (sidebar open) no formula is wider than the main column: KaTeX does not
+    wrap, and an overflowing display formula is cut off at the column's edge."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        pg = context.new_page()
+        pg.goto(server)
+        idle(pg)
+        wide = {}
+        for label, title, n_charts in PAGES:
+            go_to(pg, label)
+            assert_page_ok(pg, title, n_charts)
+            sizes = pg.evaluate(
+                "() => [...document.querySelectorAll('.katex-display')].map(e => [e.scrollWidth, e.clientWidth])"
+            )
+            assert sizes, f"no formula found on {label}"
+            over = [s for s in sizes if s[0] > s[1] + 2]
+            if over:
+                wide[label] = over
+        assert not wide, f"formulas wider than the column (scrollWidth, clientWidth): {wide}"
+    finally:
+        context.close()
