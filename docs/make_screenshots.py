@@ -12,6 +12,8 @@ at the pictures before committing them.
 
 from __future__ import annotations
 
+import io
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests._browser_kit import CHROMIUM, CHROMIUM_ARGS, SCRIPT_IDLE, streamlit_server  # noqa: E402
+from tests._browser_kit import CHROMIUM, CHROMIUM_ARGS, idle, map_point, streamlit_server  # noqa: E402
+from tests._browser_kit import go_to as _go_to  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 WIDTH = 1500  # browser window
@@ -35,22 +38,13 @@ ATTENTION_HEIGHT = 1080
 QUERY_ROW, QUERY_COL = 2, 1  # the patch clicked on the Attention page
 
 
-def idle(pg, settle: float = 0.8) -> None:
-    time.sleep(0.3)
-    pg.wait_for_selector(SCRIPT_IDLE, timeout=120_000)
-    time.sleep(settle)
-
-
 def go_to(pg, label: str) -> None:
-    pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=label, exact=True).click()
-    idle(pg)
+    _go_to(pg, label, settle=0.8, timeout_ms=120_000)
     if pg.locator('[data-testid="stException"]').count():
         raise SystemExit(f"the {label} page shows an exception; not taking its screenshot")
 
 
 def save(png: bytes, path: Path) -> None:
-    import io
-
     from PIL import Image
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
@@ -68,13 +62,8 @@ def top_of_page(pg, path: Path, height: int) -> None:
 
 def click_query_patch(pg) -> None:
     """Click patch (QUERY_ROW, QUERY_COL) of the first attention map; the grid comes from the sidebar."""
-    import re
-
     gh, gw = map(int, re.search(r"grid (\d+)x(\d+)", pg.locator('[data-testid="stSidebar"]').inner_text()).groups())
-    box = pg.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
-    side = min(box["width"], box["height"])
-    x = box["x"] + (box["width"] - side) / 2 + side * (QUERY_COL + 0.5) / gw
-    y = box["y"] + (box["height"] - side) / 2 + side * (QUERY_ROW + 0.5) / gh
+    x, y = map_point(pg, (QUERY_COL + 0.5) / gw, (QUERY_ROW + 0.5) / gh)
     pg.mouse.move(x, y)
     time.sleep(0.3)
     pg.mouse.click(x, y)
@@ -85,7 +74,7 @@ def click_query_patch(pg) -> None:
         arg=patch,
         timeout=120_000,
     )
-    idle(pg)
+    idle(pg, settle=0.8, timeout_ms=120_000)
 
 
 def attention_maps(pg, path: Path) -> None:
@@ -121,7 +110,7 @@ def main() -> int:
             ctx = browser.new_context(color_scheme=scheme, viewport={"width": WIDTH, "height": 1000})
             pg = ctx.new_page()
             pg.goto(srv.url)
-            idle(pg)
+            idle(pg, settle=0.8, timeout_ms=120_000)
             if scheme == "light":
                 for name, (label, height) in PAGES.items():
                     go_to(pg, label)

@@ -91,6 +91,33 @@ def streamlit_server(log_name: str, env: dict[str, str] | None = None, args: lis
                 proc.wait()
 
 
+# ---- driving a page ----
+
+
+def idle(pg, settle: float = 0.5, timeout_ms: int = 60_000) -> None:
+    """Wait until the script run is over and the charts have drawn."""
+    time.sleep(0.3)
+    pg.wait_for_selector(SCRIPT_IDLE, timeout=timeout_ms)
+    time.sleep(settle)
+
+
+def go_to(pg, label: str, **idle_kw) -> None:
+    """Open a page through the sidebar navigation and wait for it."""
+    pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=label, exact=True).click()
+    idle(pg, **idle_kw)
+
+
+def map_point(pg, fx: float, fy: float) -> tuple[float, float]:
+    """Page coordinates of the point (fx, fy), as fractions of width and height, of the image in
+    the page's first plotly map (the image is square and centred: scaleanchor, constrain=domain)."""
+    box = pg.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
+    assert box is not None, "no plotly map on the page"
+    side = min(box["width"], box["height"])
+    x0 = box["x"] + (box["width"] - side) / 2
+    y0 = box["y"] + (box["height"] - side) / 2
+    return x0 + side * fx, y0 + side * fy
+
+
 # ---- images ----
 
 

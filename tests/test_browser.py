@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, go_to, idle, map_point, streamlit_server
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -58,13 +58,6 @@ def page(server, browser):
     pg.close()
 
 
-def idle(pg, settle: float = 0.5) -> None:
-    """Wait until the script run is over and the charts have drawn."""
-    time.sleep(0.3)
-    pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
-    time.sleep(settle)
-
-
 def shoot(pg, name: str) -> Path:
     """A screenshot of the whole page (the main area scrolls inside the app, so grow the viewport)."""
     path = ARTIFACTS / f"{name}.png"
@@ -76,11 +69,6 @@ def shoot(pg, name: str) -> Path:
     pg.set_viewport_size({"width": 1500, "height": 1000})
     time.sleep(0.3)
     return path
-
-
-def go_to(pg, label: str) -> None:
-    pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=label, exact=True).click()
-    idle(pg)
 
 
 def assert_page_ok(pg, title: str, n_charts: int) -> None:
@@ -106,17 +94,10 @@ def _query_label(pg) -> str:
 def test_click_a_patch_on_the_attention_page(page):
     go_to(page, "Attention")
     assert _query_label(page) == "Query: CLS"
-    plot = page.locator(".js-plotly-plot").first
-    drag = plot.locator(".nsewdrag").first
-    box = drag.bounding_box()
-    assert box is not None
-    # the image is square and centred in the plot area (scaleanchor, constrain=domain)
-    side = min(box["width"], box["height"])
-    x0 = box["x"] + (box["width"] - side) / 2
-    y0 = box["y"] + (box["height"] - side) / 2
-    page.mouse.move(x0 + side * 0.2, y0 + side * 0.3)
+    x, y = map_point(page, 0.2, 0.3)
+    page.mouse.move(x, y)
     time.sleep(0.3)
-    page.mouse.click(x0 + side * 0.2, y0 + side * 0.3)
+    page.mouse.click(x, y)
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')].some(e => e.innerText.startsWith('Query: patch'))",
         timeout=60_000,
