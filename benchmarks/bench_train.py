@@ -11,7 +11,8 @@ Prints
     slows both alike;
   * the share of step time spent on data (gather of a shuffled batch, crop + flip, normalise);
   * batch-wise tensor augmentation images/s vs per-image PIL transforms (pad, random crop,
-    flip, to tensor, normalise), the way a torchvision-style pipeline does it;
+    flip, to tensor, normalise), the way a torchvision-style pipeline does it, and the tensor
+    rate with Mixup/CutMix added;
   * the accuracy-vs-training-time curve of a CLI run's metrics JSON (default runs/quick), made with
     `python -m vit_core.train --preset quick --data data/cifar10 --out runs/quick`.
 """
@@ -35,7 +36,7 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vit_core.config import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from vit_core.data import ImageDataset, augment_batch, normalize_batch  # noqa: E402
+from vit_core.data import ImageDataset, augment_batch, mix_batch, normalize_batch  # noqa: E402
 from vit_core.model import VisionTransformer  # noqa: E402
 from vit_core.train import PRESETS, TrainConfig, param_groups  # noqa: E402
 
@@ -160,6 +161,13 @@ def augmentation_speed(data: ImageDataset, seconds: float = 3.0) -> tuple[float,
         normalize_batch(augment_batch(data.images[idx], g), CIFAR10_MEAN, CIFAR10_STD)
         n += BATCH
     tensor_rate = n / (time.perf_counter() - t)
+    n = 0
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:  # the same plus Mixup/CutMix on every batch (run 5's extras)
+        idx = torch.randint(0, len(data), (BATCH,), generator=g)
+        mix_batch(normalize_batch(augment_batch(data.images[idx], g), CIFAR10_MEAN, CIFAR10_STD), g)
+        n += BATCH
+    mixed_rate = n / (time.perf_counter() - t)
 
     pil = [Image.fromarray(data.images[i].permute(1, 2, 0).numpy()) for i in range(512)]
     mean = torch.tensor(CIFAR10_MEAN).view(3, 1, 1)
@@ -185,6 +193,7 @@ def augmentation_speed(data: ImageDataset, seconds: float = 3.0) -> tuple[float,
         f"per-image PIL {pil_rate:,.0f} img/s | {tensor_rate / pil_rate:.1f}x",
         flush=True,
     )
+    print(f"  with Mixup/CutMix on every batch as well: batch-wise tensors {mixed_rate:,.0f} img/s", flush=True)
     return tensor_rate, pil_rate
 
 

@@ -348,6 +348,66 @@ def test_crop_is_a_shifted_window_of_the_zero_padded_image() -> None:
     assert torch.equal(D.augment_batch(x, torch.Generator().manual_seed(1), padding=2, flip=False), y)
 
 
+def _distinct_images(b: int, h: int = 8, w: int = 8) -> torch.Tensor:
+    """(b, 2, h, w) floats whose every pixel value is unique to its image."""
+    return torch.arange(b * 2 * h * w, dtype=torch.float32).view(b, 2, h, w)
+
+
+def test_mixup_is_the_lam_weighted_average_with_the_reversed_batch() -> None:
+    x = torch.randn(6, 3, 8, 8)
+    lams = []
+    for seed in range(40):
+        y, lam = D.mix_batch(x, torch.Generator().manual_seed(seed), mixup_alpha=0.8, cutmix_alpha=0.0)
+        assert 0.0 < lam < 1.0
+        partner = x[[5, 4, 3, 2, 1, 0]]
+        assert torch.allclose(y, lam * x + (1 - lam) * partner, atol=1e-6)
+        lams.append(lam)
+    assert 0.3 < float(np.mean(lams)) < 0.7  # Beta(a, a) is symmetric about 1/2
+    assert len(set(lams)) == 40
+    # the same generator seed gives the same mix (exact resume)
+    a, la = D.mix_batch(x, torch.Generator().manual_seed(7), 0.8, 0.0)
+    b, lb = D.mix_batch(x, torch.Generator().manual_seed(7), 0.8, 0.0)
+    assert la == lb and torch.equal(a, b)
+
+
+def test_cutmix_pastes_one_box_from_the_partner_and_lam_is_the_share_left() -> None:
+    x = _distinct_images(4)
+    partner = x.flip(0)
+    boxes = set()
+    for seed in range(40):
+        y, lam = D.mix_batch(x, torch.Generator().manual_seed(seed), mixup_alpha=0.0, cutmix_alpha=1.0)
+        own = y == x
+        from_partner = y == partner
+        assert bool((own | from_partner).all())  # every pixel is one image's or its partner's
+        assert own.float().mean().item() == pytest.approx(lam)  # lam = share of own pixels
+        pasted = from_partner[0, 0]  # the box, the same for every image and channel
+        assert torch.equal(from_partner, pasted.expand_as(from_partner))
+        rows, cols = pasted.any(1).nonzero().flatten(), pasted.any(0).nonzero().flatten()
+        if len(rows):
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            assert int(pasted.sum()) == (r1 - r0) * (c1 - c0)  # a filled rectangle
+            boxes.add((r0, r1, c0, c1))
+    assert len(boxes) > 10  # boxes move and change size
+    # uint8 images work too (CutMix only copies pixels); Mixup asks for floats
+    u8 = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    assert D.mix_batch(u8, torch.Generator().manual_seed(0), 0.0, 1.0)[0].dtype == torch.uint8
+    with pytest.raises(TypeError, match="floating"):
+        D.mix_batch(u8, torch.Generator().manual_seed(0), 0.8, 0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        D.mix_batch(x, None, 0.0, 0.0)
+
+
+def test_mix_switch_prob_chooses_between_cutmix_and_mixup() -> None:
+    x = _distinct_images(4)
+    kinds = []
+    for seed in range(60):
+        y, lam = D.mix_batch(x, torch.Generator().manual_seed(seed), 0.8, 1.0, switch_prob=0.5)
+        kinds.append("cutmix" if bool(((y == x) | (y == x.flip(0))).all()) else "mixup")
+    assert 15 < kinds.count("cutmix") < 45
+    always = [D.mix_batch(x, torch.Generator().manual_seed(s), 0.8, 1.0, switch_prob=1.0)[0] for s in range(10)]
+    assert all(bool(((y == x) | (y == x.flip(0))).all()) for y in always)
+
+
 def test_normalize_batch() -> None:
     x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
     y = D.normalize_batch(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))

@@ -223,3 +223,26 @@ def test_trace_outputs_are_plain_tensors() -> None:
     tr = model.trace(torch.randn(1, 3, 32, 32))
     for t in (tr.logits, tr.attentions, tr.hidden_states, tr.patch_embeddings):
         assert not t.requires_grad and t.is_contiguous()
+
+
+def test_stochastic_depth_drops_whole_samples_and_keeps_the_expectation() -> None:
+    cfg = ViTConfig(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+    block = VisionTransformer(cfg).blocks[0]
+    branch = torch.ones(4000, 5, 16)
+    assert torch.equal(block._drop_branch(branch), branch)  # rate 0: untouched
+    block.drop_path = 0.25
+    block.train()
+    out = block._drop_branch(branch)
+    per_sample = out.flatten(1)
+    assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)  # one decision per sample
+    values = set(per_sample[:, 0].tolist())
+    assert values <= {0.0, torch.tensor(1.0 / 0.75).item()}  # dropped, or scaled by 1 / (1 - p) in float32
+    dropped = (per_sample[:, 0] == 0).float().mean().item()
+    assert abs(dropped - 0.25) < 4 * (0.25 * 0.75 / 4000) ** 0.5
+    assert abs(out.mean().item() - 1.0) < 0.05  # kept branches are scaled up: same expectation
+    # evaluation ignores it: the block computes exactly what it did without stochastic depth
+    x = torch.randn(3, 5, 16)
+    block.eval()
+    with_rate = block(x)[0]
+    block.drop_path = 0.0
+    assert torch.equal(with_rate, block(x)[0])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -161,9 +162,15 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_stop_and_resume_equals_uninterrupted(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:
+REGULARISED = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 0.7, "drop_path": 0.2}
+
+
+@pytest.mark.parametrize("extra", [{}, REGULARISED], ids=["plain", "mixup-cutmix-droppath"])
+def test_stop_and_resume_equals_uninterrupted(
+    data: tuple[ImageDataset, ImageDataset], tmp_path: Path, extra: dict[str, float]
+) -> None:
     train, test = data
-    cfg = tiny_config(epochs=3, eval_every=5)
+    cfg = tiny_config(epochs=3, eval_every=5, **extra)
     full = Trainer(cfg, train, test, out_dir=tmp_path / "full")
     full_res = full.run()
 
@@ -181,6 +188,55 @@ def test_stop_and_resume_equals_uninterrupted(data: tuple[ImageDataset, ImageDat
     sa, sb = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
     assert [h.acc for h in full_res.history] == [h.acc for h in res2.history]
+
+
+def test_mixing_and_stochastic_depth(data: tuple[ImageDataset, ImageDataset]) -> None:
+    """Off by default and a no-op at mix_prob 0; on, the loss is the lam-weighted two-label loss."""
+    train, test = data
+    plain = Trainer(tiny_config(epochs=1), train, test)
+    plain.run()
+    # mix_prob 0 and drop_path 0 draw from the step generator only after the crop and flip: same run
+    never = Trainer(tiny_config(epochs=1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.0), train, test)
+    never.run()
+    a, b = _params(plain.model), _params(never.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # drop rates rise linearly with depth
+    deep = Trainer(tiny_config(depth=3, drop_path=0.3), train, test)
+    assert [blk.drop_path for blk in deep.model.blocks] == pytest.approx([0.0, 0.15, 0.3])
+    # every batch mixed: the reported loss is lam * CE(y) + (1 - lam) * CE(reversed y)
+    losses: list[float] = []
+    mixed = Trainer(tiny_config(epochs=1, cutmix_alpha=1.0, mix_prob=1.0), train, test)
+    mixed.on_step = lambda m: losses.append(m.loss)
+    first_x, first_y = train.images[mixed._epoch_order(0)[:32]], train.labels[mixed._epoch_order(0)[:32]]
+    model0 = {k: v.clone() for k, v in mixed.model.state_dict().items()}
+    mixed.run()
+    g = mixed._step_generator(0)
+    cfg = mixed.cfg
+    x = _augment_like_the_trainer(first_x, g, cfg)
+    x, lam = _mix_like_the_trainer(x, g, cfg)
+    assert lam < 1.0
+    ref = Trainer(tiny_config(epochs=1), train, test).model
+    ref.load_state_dict(model0)
+    ref.train()
+    with torch.no_grad():
+        logits = ref(x)
+    expect = lam * F.cross_entropy(logits, first_y, label_smoothing=0.1) + (1 - lam) * F.cross_entropy(
+        logits, first_y.flip(0), label_smoothing=0.1
+    )
+    assert losses[0] == pytest.approx(expect.item(), rel=1e-5)
+
+
+def _augment_like_the_trainer(x: torch.Tensor, g: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    from vit_core.data import augment_batch, normalize_batch
+
+    return normalize_batch(augment_batch(x, g, padding=cfg.crop_padding, flip=cfg.hflip), cfg.mean, cfg.std)
+
+
+def _mix_like_the_trainer(x: torch.Tensor, g: torch.Generator, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
+    from vit_core.data import mix_batch
+
+    assert torch.rand(1, generator=g).item() < cfg.mix_prob
+    return mix_batch(x, g, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_switch_prob)
 
 
 def test_init_from_starts_at_those_weights(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import shutil
@@ -707,6 +708,53 @@ def augment_batch(
     idx = ((oy + torch.arange(H).view(1, H, 1)) * Wp + ox + cols).to(dev)  # (B, H, W)
     idx = idx.view(B, 1, H * W).expand(B, C, H * W)
     return x.reshape(B, C, Hp * Wp).gather(2, idx).view(B, C, H, W)
+
+
+def mix_batch(
+    images: Tensor,
+    generator: torch.Generator | None = None,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    switch_prob: float = 0.5,
+) -> tuple[Tensor, float]:
+    """Mixup or CutMix of a batch with the same batch reversed, one draw for the whole batch.
+
+    Image i is mixed with image B-1-i (its partner's label is `labels.flip(0)`). The mixing
+    weight lam ~ Beta(alpha, alpha). Mixup: lam * x_i + (1 - lam) * x_partner. CutMix: a box
+    of area (1 - lam) * H * W at a uniform random centre, clipped to the image, is pasted
+    from the partner, and lam becomes the share of image i's own pixels that is left. The
+    matching loss is lam * CE(logits, labels) + (1 - lam) * CE(logits, labels.flip(0)).
+
+    Args:
+        images: (B, C, H, W); floating point for Mixup (CutMix only copies pixels).
+        generator: CPU generator for every random draw (reproducible, exactly resumable runs).
+        mixup_alpha, cutmix_alpha: Beta parameters; 0 turns that kind off.
+        switch_prob: with both on, the chance that the batch gets CutMix rather than Mixup.
+
+    Returns:
+        (mixed images, lam).
+    """
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        raise ValueError("mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0")
+    u = torch.rand(3, generator=generator).tolist()
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or u[0] < switch_prob)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    partner = images.flip(0)
+    if not use_cutmix:
+        if not images.is_floating_point():
+            raise TypeError("Mixup needs floating-point images (normalise first)")
+        return torch.lerp(partner, images, lam), lam
+    H, W = images.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(H * cut), int(W * cut)
+    cy, cx = int(u[1] * H), int(u[2] * W)
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, H)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, W)
+    out = images.clone()
+    out[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+    return out, 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
 
 
 def normalize_batch(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

@@ -98,11 +98,22 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
         self.ls2 = LayerScale(D, cfg.init_values) if cfg.init_values is not None else nn.Identity()
+        # Stochastic depth (a training regulariser, set by the trainer; not part of the
+        # architecture): in train mode each sample skips a residual branch with this
+        # probability, and kept branches are scaled by 1 / (1 - p). Eval mode ignores it.
+        self.drop_path = 0.0
+
+    def _drop_branch(self, branch: Tensor) -> Tensor:
+        p = self.drop_path
+        if p <= 0.0 or not self.training:
+            return branch
+        keep = torch.empty(branch.shape[0], *([1] * (branch.dim() - 1)), device=branch.device, dtype=branch.dtype)
+        return branch * keep.bernoulli_(1.0 - p).div_(1.0 - p)
 
     def forward(self, x: Tensor, observe: bool = False) -> tuple[Tensor, Tensor | None]:
         a, attn = self.attn(self.norm1(x), observe)
-        x = x + self.ls1(a)
-        x = x + self.ls2(self.mlp(self.norm2(x)))
+        x = x + self._drop_branch(self.ls1(a))
+        x = x + self._drop_branch(self.ls2(self.mlp(self.norm2(x))))
         return x, attn
 
 

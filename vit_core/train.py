@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import CIFAR10_MEAN, CIFAR10_STD, ViTConfig
-from .data import ImageDataset, augment_batch, iterate_batches, load_cifar10, normalize_batch
+from .data import ImageDataset, augment_batch, iterate_batches, load_cifar10, mix_batch, normalize_batch
 from .errors import CheckpointError, DataError
 from .model import VisionTransformer
 
@@ -99,6 +99,12 @@ class TrainConfig:
     random_crop: bool = True  # random crop after zero padding
     crop_padding: int = 4  # pixels of padding for the random crop
     hflip: bool = True  # random horizontal flip
+    # regularisation against overfitting (all off by default; see mix_batch and Block.drop_path)
+    mixup_alpha: float = 0.0  # Mixup with lam ~ Beta(a, a); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix with lam ~ Beta(a, a); 0 = off
+    mix_prob: float = 1.0  # share of steps whose batch is mixed (when an alpha is on)
+    mix_switch_prob: float = 0.5  # with both on: chance a mixed batch gets CutMix, not Mixup
+    drop_path: float = 0.0  # stochastic depth of the last block; block i gets drop_path * i / (depth - 1)
     mean: tuple[float, ...] = CIFAR10_MEAN  # normalisation, per channel, of images in [0, 1]
     std: tuple[float, ...] = CIFAR10_STD
     # bookkeeping
@@ -212,7 +218,7 @@ class StepMetrics:
     total_steps: int
     epoch: float  # fractional epochs done
     loss: float  # training loss of this batch (with label smoothing)
-    acc: float  # training accuracy of this (augmented) batch
+    acc: float  # training accuracy of this (augmented) batch; a mixed batch counts its own labels
     lr: float  # learning rate used for this step
     images_per_s: float  # smoothed training throughput (evaluation time excluded)
     eta_s: float  # estimated seconds until the schedule ends
@@ -423,6 +429,7 @@ class Trainer:
         if cfg.init_from:
             self._init_weights(cfg.init_from)
         self.model.to(self.device)
+        self.set_drop_path(cfg.drop_path)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
@@ -458,6 +465,12 @@ class Trainer:
         self.model.load_state_dict({k: v.float() for k, v in theirs.items()})
 
     # -- control from another thread ---------------------------------------------------
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly with depth: block i of L drops with rate * i / (L - 1)."""
+        blocks = list(self.model.blocks)
+        for i, b in enumerate(blocks):
+            b.drop_path = rate * i / max(1, len(blocks) - 1)
 
     def request_stop(self) -> None:
         """Ask the loop to stop; it does so before the next step (and saves `last.pt`)."""
@@ -531,6 +544,10 @@ class Trainer:
                 if cfg.random_crop or cfg.hflip:
                     x = augment_batch(x, g, padding=cfg.crop_padding if cfg.random_crop else 0, flip=cfg.hflip)
                 x = normalize_batch(x, cfg.mean, cfg.std)
+                lam, y_mix = 1.0, y
+                if (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0) and torch.rand(1, generator=g).item() < cfg.mix_prob:
+                    x, lam = mix_batch(x, g, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_switch_prob)
+                    y_mix = y.flip(0)
                 lr = lr_at(cfg, self.step, self.total_steps, self.steps_per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -539,6 +556,10 @@ class Trainer:
                 ):
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if lam < 1.0:  # cross-entropy is linear in the target: the mixed label's loss
+                    loss = lam * loss + (1.0 - lam) * F.cross_entropy(
+                        logits.float(), y_mix, label_smoothing=cfg.label_smoothing
+                    )
                 loss_v = loss.item()
                 if not math.isfinite(loss_v):
                     status, message = "diverged", self._diverged_message("loss", loss_v)
