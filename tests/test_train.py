@@ -200,6 +200,9 @@ def test_mixing_and_stochastic_depth(data: tuple[ImageDataset, ImageDataset]) ->
     never.run()
     a, b = _params(plain.model), _params(never.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    for bad in ({"drop_path": 1.0}, {"mix_prob": 1.5}, {"cutmix_alpha": -1.0}):
+        with pytest.raises(ValueError):
+            tiny_config(**bad)
     # drop rates rise linearly with depth
     deep = Trainer(tiny_config(depth=3, drop_path=0.3), train, test)
     assert [blk.drop_path for blk in deep.model.blocks] == pytest.approx([0.0, 0.15, 0.3])

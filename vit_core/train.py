@@ -120,6 +120,12 @@ class TrainConfig:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), not {self.drop_path}")
+        if not 0.0 <= self.mix_prob <= 1.0 or not 0.0 <= self.mix_switch_prob <= 1.0:
+            raise ValueError("mix_prob and mix_switch_prob must be in [0, 1]")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError("mixup_alpha and cutmix_alpha must be >= 0 (0 turns them off)")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed."""
