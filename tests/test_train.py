@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vit_core import load_checkpoint
-from vit_core.data import ImageDataset
+from vit_core.data import ImageDataset, augment_batch, mix_batch, normalize_batch
 from vit_core.errors import CheckpointError
 from vit_core.train import (
     PRESETS,
@@ -195,7 +195,7 @@ def test_mixing_and_stochastic_depth(data: tuple[ImageDataset, ImageDataset]) ->
     train, test = data
     plain = Trainer(tiny_config(epochs=1), train, test)
     plain.run()
-    # mix_prob 0 and drop_path 0 draw from the step generator only after the crop and flip: same run
+    # with mix_prob 0 the extra draw from the step generator comes after the crop and flip: same run
     never = Trainer(tiny_config(epochs=1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.0), train, test)
     never.run()
     a, b = _params(plain.model), _params(never.model)
@@ -210,13 +210,15 @@ def test_mixing_and_stochastic_depth(data: tuple[ImageDataset, ImageDataset]) ->
     losses: list[float] = []
     mixed = Trainer(tiny_config(epochs=1, cutmix_alpha=1.0, mix_prob=1.0), train, test)
     mixed.on_step = lambda m: losses.append(m.loss)
-    first_x, first_y = train.images[mixed._epoch_order(0)[:32]], train.labels[mixed._epoch_order(0)[:32]]
+    first = mixed._epoch_order(0)[:32]
+    first_x, first_y = train.images[first], train.labels[first]
     model0 = {k: v.clone() for k, v in mixed.model.state_dict().items()}
     mixed.run()
-    g = mixed._step_generator(0)
-    cfg = mixed.cfg
-    x = _augment_like_the_trainer(first_x, g, cfg)
-    x, lam = _mix_like_the_trainer(x, g, cfg)
+    # step 0 again, by hand: crop + flip, normalise, the mix-or-not draw, the mix
+    cfg, g = mixed.cfg, mixed._step_generator(0)
+    x = normalize_batch(augment_batch(first_x, g, padding=cfg.crop_padding, flip=cfg.hflip), cfg.mean, cfg.std)
+    assert torch.rand(1, generator=g).item() < cfg.mix_prob
+    x, lam = mix_batch(x, g, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_switch_prob)
     assert lam < 1.0
     ref = Trainer(tiny_config(epochs=1), train, test).model
     ref.load_state_dict(model0)
@@ -227,19 +229,6 @@ def test_mixing_and_stochastic_depth(data: tuple[ImageDataset, ImageDataset]) ->
         logits, first_y.flip(0), label_smoothing=0.1
     )
     assert losses[0] == pytest.approx(expect.item(), rel=1e-5)
-
-
-def _augment_like_the_trainer(x: torch.Tensor, g: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
-    from vit_core.data import augment_batch, normalize_batch
-
-    return normalize_batch(augment_batch(x, g, padding=cfg.crop_padding, flip=cfg.hflip), cfg.mean, cfg.std)
-
-
-def _mix_like_the_trainer(x: torch.Tensor, g: torch.Generator, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
-    from vit_core.data import mix_batch
-
-    assert torch.rand(1, generator=g).item() < cfg.mix_prob
-    return mix_batch(x, g, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_switch_prob)
 
 
 def test_init_from_starts_at_those_weights(data: tuple[ImageDataset, ImageDataset], tmp_path: Path) -> None:

@@ -476,13 +476,13 @@ class Trainer:
             raise CheckpointError(f"{path} was trained on other classes: {src.class_names[:5]}...")
         self.model.load_state_dict({k: v.float() for k, v in theirs.items()})
 
-    # -- control from another thread ---------------------------------------------------
-
     def set_drop_path(self, rate: float) -> None:
         """Stochastic depth rising linearly with depth: block i of L drops with rate * i / (L - 1)."""
         blocks = list(self.model.blocks)
         for i, b in enumerate(blocks):
             b.drop_path = rate * i / max(1, len(blocks) - 1)
+
+    # -- control from another thread ---------------------------------------------------
 
     def request_stop(self) -> None:
         """Ask the loop to stop; it does so before the next step (and saves `last.pt`)."""
@@ -567,10 +567,11 @@ class Trainer:
                     self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
                 ):
                     logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                logits = logits.float()
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if lam < 1.0:  # cross-entropy is linear in the target: the mixed label's loss
                     loss = lam * loss + (1.0 - lam) * F.cross_entropy(
-                        logits.float(), y_mix, label_smoothing=cfg.label_smoothing
+                        logits, y_mix, label_smoothing=cfg.label_smoothing
                     )
                 loss_v = loss.item()
                 if not math.isfinite(loss_v):
