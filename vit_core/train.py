@@ -184,8 +184,8 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # The first run of the bundled model in assets/: patch 4 (65 tokens), small enough for
     # instant pages. Four epochs is what a 2-core CPU shared with other work finished in one
-    # session; the asset then had four more schedules, each from the last one's weights
-    # (`--init-from`; the last with Mixup/CutMix and stochastic depth, see assets/README.md).
+    # session; the asset then had five more schedules, each from the last kept one's weights
+    # (`--init-from`; the last two with Mixup/CutMix and stochastic depth, see assets/README.md).
     # The same shape keeps improving with longer schedules (see "long").
     "bundled": TrainConfig(
         patch_size=4,
