@@ -11,6 +11,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the original JAX ViTs and Hugging Face's ViT defaults
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 CROP_MODES = ("center", "squash")

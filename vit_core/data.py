@@ -47,13 +47,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from .config import CIFAR10_CLASSES
 from .errors import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page beside the link
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCHES = ("test_batch",)
 CACHE_ENV = "VIT_EXPLORER_DATA"  # environment variable that overrides the cache folder
