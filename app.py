@@ -20,7 +20,7 @@ PAGES = [
     ("pages/4_positions.py", "Position embeddings", ":material/my_location:"),
     ("pages/5_attention.py", "Attention", ":material/visibility:"),
     ("pages/6_prediction.py", "Prediction", ":material/insights:"),
-    ("pages/6_train.py", "Train", ":material/model_training:"),
+    ("pages/7_train.py", "Train", ":material/model_training:"),
 ]
 
 st.set_page_config(page_title="ViT Explorer", page_icon=":material/visibility:", layout="wide")

@@ -7,7 +7,7 @@ Runs, alternately and `--rounds` times each (so that a CPU shared with other wor
 * the CLI, `python -m vit_core.train --preset quick --data DATA --epochs EPOCHS --no-bar` in a
   subprocess; its speed is `train_images_per_s` of the run's metrics.json (images / training
   seconds, evaluation excluded);
-* the app: pages/6_train.py driven by Streamlit's AppTest in this process, the same preset and
+* the app: pages/7_train.py driven by Streamlit's AppTest in this process, the same preset and
   epochs, started with the page's Start button and polled like the page's fragment does (one
   page rerun every `--poll` seconds) until the run has finished. Its speed is reported twice:
   the trainer's own measure (same definition as the CLI's), and the wall-clock rate from the
@@ -59,7 +59,7 @@ def app_run(data: str, epochs: float, poll: float, runs_dir: Path) -> dict:
 
     os.environ["VIT_EXPLORER_TRAIN_DIR"] = str(runs_dir)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.switch_page("pages/6_train.py")
+    at.switch_page("pages/7_train.py")
     at.run()
     at.radio(key="train_source").set_value("path")
     at.text_input(key="train_path").set_value(data)

@@ -131,7 +131,7 @@ def test_navigation_lists_every_page(app):
     first.run()
     ok(first)
     nav = [p["page_name"] for p in first._registered_pages.values() if "page_name" in p]
-    assert ("Train" in nav) == (ROOT / "pages" / "6_train.py").exists(), nav
+    assert ("Train" in nav) == (ROOT / "pages" / "7_train.py").exists(), nav
     assert [n for n in nav if n != "Train"] == [
         "Overview",
         "Patches",

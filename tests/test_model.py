@@ -229,10 +229,10 @@ def test_stochastic_depth_drops_whole_samples_and_keeps_the_expectation() -> Non
     cfg = ViTConfig(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3)
     block = VisionTransformer(cfg).blocks[0]
     branch = torch.ones(4000, 5, 16)
-    assert torch.equal(block._drop_branch(branch), branch)  # rate 0: untouched
-    block.drop_path = 0.25
+    assert torch.equal(block.drop_path(branch), branch)  # rate 0: untouched
+    block.drop_path.drop_prob = 0.25
     block.train()
-    out = block._drop_branch(branch)
+    out = block.drop_path(branch)
     per_sample = out.flatten(1)
     assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)  # one decision per sample
     values = set(per_sample[:, 0].tolist())
@@ -244,5 +244,14 @@ def test_stochastic_depth_drops_whole_samples_and_keeps_the_expectation() -> Non
     x = torch.randn(3, 5, 16)
     block.eval()
     with_rate = block(x)[0]
-    block.drop_path = 0.0
+    block.drop_path.drop_prob = 0.0
     assert torch.equal(with_rate, block(x)[0])
+
+
+def test_drop_path_rate_builds_a_linear_schedule_and_leaves_the_state_dict_alone() -> None:
+    cfg = ViTConfig(img_size=8, patch_size=4, embed_dim=16, depth=3, num_heads=2, num_classes=3, drop_path_rate=0.3)
+    model = VisionTransformer(cfg)
+    assert [b.drop_path.drop_prob for b in model.blocks] == pytest.approx([0.0, 0.15, 0.3])
+    plain = VisionTransformer(ViTConfig(img_size=8, patch_size=4, embed_dim=16, depth=3, num_heads=2, num_classes=3))
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert ViTConfig.from_dict(cfg.to_dict()).drop_path_rate == 0.3

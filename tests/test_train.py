@@ -205,7 +205,7 @@ def test_mixing_and_stochastic_depth(data: tuple[ImageDataset, ImageDataset]) ->
             tiny_config(**bad)
     # drop rates rise linearly with depth
     deep = Trainer(tiny_config(depth=3, drop_path=0.3), train, test)
-    assert [blk.drop_path for blk in deep.model.blocks] == pytest.approx([0.0, 0.15, 0.3])
+    assert [blk.drop_path.drop_prob for blk in deep.model.blocks] == pytest.approx([0.0, 0.15, 0.3])
     # every batch mixed: the reported loss is lam * CE(y) + (1 - lam) * CE(reversed y)
     losses: list[float] = []
     mixed = Trainer(tiny_config(epochs=1, cutmix_alpha=1.0, mix_prob=1.0), train, test)

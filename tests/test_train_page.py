@@ -23,7 +23,7 @@ from vit_core import runs
 from vit_core.runs import active_runs, model_size
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGE = "pages/6_train.py"
+PAGE = "pages/7_train.py"
 TIMEOUT = 120
 APPTEST_SESSION = "test session id"  # the session id AppTest's LocalScriptRunner gives every script run
 TINY = {"train_patch": 8, "train_width": 32, "train_depth": 1, "train_heads": 2, "train_batch": 8}

@@ -39,6 +39,7 @@ class ViTConfig:
     fc_norm: bool | None = None  # norm after pooling instead of before; None: timm's default
     init_values: float | None = None  # LayerScale initial value; None disables LayerScale
     layer_norm_eps: float = 1e-6  # epsilon of every LayerNorm (timm 1e-6, transformers 1e-12)
+    drop_path_rate: float = 0.0  # stochastic depth of the last block (training only); block i gets rate * i / (L - 1)
     # Preprocessing: how a user's image becomes the model's input tensor.
     mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel mean subtracted after scaling to [0, 1]
     std: tuple[float, ...] = IMAGENET_STD  # per-channel std divided by

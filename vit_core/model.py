@@ -86,10 +86,32 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016), timm's `DropPath`: a training-only regulariser.
+
+    In train mode each sample skips the residual branch with probability `drop_prob`, and kept
+    branches are scaled by 1 / (1 - p) so the expectation is unchanged. Eval mode is the identity.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, branch: Tensor) -> Tensor:
+        p = self.drop_prob
+        if p <= 0.0 or not self.training:
+            return branch
+        keep = torch.empty(branch.shape[0], *([1] * (branch.dim() - 1)), device=branch.device, dtype=branch.dtype)
+        return branch * keep.bernoulli_(1.0 - p).div_(1.0 - p)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:g}"
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         D = cfg.embed_dim
         self.norm1 = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
@@ -98,22 +120,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
         self.ls2 = LayerScale(D, cfg.init_values) if cfg.init_values is not None else nn.Identity()
-        # Stochastic depth (a training regulariser, set by the trainer; not part of the
-        # architecture): in train mode each sample skips a residual branch with this
-        # probability, and kept branches are scaled by 1 / (1 - p). Eval mode ignores it.
-        self.drop_path = 0.0
-
-    def _drop_branch(self, branch: Tensor) -> Tensor:
-        p = self.drop_path
-        if p <= 0.0 or not self.training:
-            return branch
-        keep = torch.empty(branch.shape[0], *([1] * (branch.dim() - 1)), device=branch.device, dtype=branch.dtype)
-        return branch * keep.bernoulli_(1.0 - p).div_(1.0 - p)
+        self.drop_path = DropPath(drop_path)  # no parameters: the state dict is timm's
 
     def forward(self, x: Tensor, observe: bool = False) -> tuple[Tensor, Tensor | None]:
         a, attn = self.attn(self.norm1(x), observe)
-        x = x + self._drop_branch(self.ls1(a))
-        x = x + self._drop_branch(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(self.ls1(a))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x, attn
 
 
@@ -181,7 +193,9 @@ class VisionTransformer(nn.Module):
         gh, gw = cfg.grid_size
         embed_len = gh * gw + (0 if cfg.no_embed_class else cfg.num_prefix_tokens)
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D))
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        # stochastic depth rising linearly with depth, 0 for the first block (timm's schedule)
+        rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList([Block(cfg, rate) for rate in rates])
         self.norm = nn.Identity() if cfg.use_fc_norm else nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.use_fc_norm else nn.Identity()
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()

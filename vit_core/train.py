@@ -104,7 +104,7 @@ class TrainConfig:
     cutmix_alpha: float = 0.0  # CutMix with lam ~ Beta(a, a); 0 = off
     mix_prob: float = 1.0  # share of steps whose batch is mixed (when an alpha is on)
     mix_switch_prob: float = 0.5  # with both on: chance a mixed batch gets CutMix, not Mixup
-    drop_path: float = 0.0  # stochastic depth of the last block; block i gets drop_path * i / (depth - 1)
+    drop_path: float = 0.0  # stochastic depth of the last block (DropPath); block i gets drop_path * i / (depth - 1)
     mean: tuple[float, ...] = CIFAR10_MEAN  # normalisation, per channel, of images in [0, 1]
     std: tuple[float, ...] = CIFAR10_STD
     # bookkeeping
@@ -159,6 +159,7 @@ class TrainConfig:
             crop_pct=1.0,
             interpolation="bicubic",
             name=self.name,
+            drop_path_rate=self.drop_path,
         )
 
 
@@ -442,7 +443,6 @@ class Trainer:
         if cfg.init_from:
             self._init_weights(cfg.init_from)
         self.model.to(self.device)
-        self.set_drop_path(cfg.drop_path)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
@@ -476,12 +476,6 @@ class Trainer:
         if src.class_names != generic and list(src.class_names) != list(self.train_data.class_names):
             raise CheckpointError(f"{path} was trained on other classes: {src.class_names[:5]}...")
         self.model.load_state_dict({k: v.float() for k, v in theirs.items()})
-
-    def set_drop_path(self, rate: float) -> None:
-        """Stochastic depth rising linearly with depth: block i of L drops with rate * i / (L - 1)."""
-        blocks = list(self.model.blocks)
-        for i, b in enumerate(blocks):
-            b.drop_path = rate * i / max(1, len(blocks) - 1)
 
     # -- control from another thread ---------------------------------------------------
 

@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ._base import (
+    MIN_DISPLAY_PX,
     ON_IMAGE_FONT,
     base_layout,
     blend,
@@ -34,10 +35,13 @@ def patch_box_array(indices: Sequence[int], grid: tuple[int, int], patch_size: f
     return np.stack([c * patch_size, r * patch_size, (c + 1) * patch_size, (r + 1) * patch_size], axis=1).astype(float)
 
 
-def sharp(image: np.ndarray) -> np.ndarray:
-    """Upscale a small image pixel-sharp for display (CIFAR's 32 px would be a blur otherwise)."""
+def sharp(image: np.ndarray, min_px: int = MIN_DISPLAY_PX) -> np.ndarray:
+    """Upscale a small image pixel-sharp for display (CIFAR's 32 px would be a blur otherwise).
+
+    The integer scale brings the longer side to at least `min_px` pixels; (H, W[, C]) -> uint8.
+    """
     a = to_uint8(image)
-    s = display_scale(*a.shape[:2])
+    s = display_scale(*a.shape[:2], min_px=min_px)
     return np.repeat(np.repeat(a, s, axis=0), s, axis=1) if s > 1 else a
 
 
