@@ -13,7 +13,7 @@ from .config import (
 from .data import CIFAR10_CLASSES, ImageDataset, load_cifar10
 from .errors import CheckpointError, DataError, ImageError, VitCoreError
 from .images import load_image, preprocess, preprocess_steps
-from .model import VisionTransformer, ViTTrace, describe, resample_pos_embed
+from .model import VisionTransformer, ViTTrace, resample_pos_embed
 from .pretrained import (
     CATALOGUE,
     PretrainedModel,
@@ -24,6 +24,7 @@ from .pretrained import (
     list_pretrained,
     load_pretrained,
 )
+from .summary import describe
 
 __all__ = [
     "CIFAR10_CLASSES",

@@ -8,7 +8,6 @@ explicit-softmax path and returns every attention map and hidden state.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -276,64 +275,36 @@ class VisionTransformer(nn.Module):
         Args:
             x: (B, C, H, W) preprocessed images; H and W multiples of the patch size.
             target: class index (or (B,) indices); when given, `attention_grads` holds the
-                gradient of that logit with respect to every layer's attention map.
+                gradient of that logit with respect to every layer's attention map, from the
+                same forward pass.
         """
         if target is not None and torch.is_inference_mode_enabled():
             # Gradients cannot flow through inference tensors; leave inference mode for this call.
             with torch.inference_mode(False):
                 return self.trace(x.clone(), target if not isinstance(target, Tensor) else target.clone())
-        if target is not None:
-            return self._trace_with_gradients(x, target)
-        with torch.no_grad():
+        with torch.set_grad_enabled(target is not None):
             tokens, patches, grid = self.embed(x)
             B, N, D = tokens.shape
             L, h = len(self.blocks), self.cfg.num_heads
             # Written layer by layer into preallocated outputs: no list of maps to stack afterwards,
-            # so the peak holds the outputs plus one layer's working tensors.
+            # so without gradients the peak holds the outputs plus one layer's working tensors.
             attentions = tokens.new_empty(B, L, h, N, N)
             hidden = tokens.new_empty(B, L + 1, N, D)
-            hidden[:, 0] = tokens
+            hidden[:, 0] = tokens.detach()
+            graph_attns = []  # with a target: each layer's map, still in the autograd graph
             for i, blk in enumerate(self.blocks):
                 tokens, attn = blk(tokens, observe=True)
-                attentions[:, i] = attn
-                hidden[:, i + 1] = tokens
+                attentions[:, i] = attn.detach()
+                hidden[:, i + 1] = tokens.detach()
+                if target is not None:
+                    graph_attns.append(attn)
                 del attn
             logits = self.forward_head(self.norm(tokens))
-        return ViTTrace(
-            logits=logits,
-            attentions=attentions,
-            hidden_states=hidden,
-            patch_embeddings=patches.contiguous(),
-            grid=grid,
-            num_prefix_tokens=self.num_prefix_tokens,
-            patch_size=self.patch_size,
-        )
-
-    def _trace_with_gradients(self, x: Tensor, target: int | Tensor) -> ViTTrace:
-        """`trace` plus d logit[target] / d attention, from the same forward pass."""
-        with torch.enable_grad():
-            tokens, patches, grid = self.embed(x)
-            hidden, attns = [tokens], []
-            for blk in self.blocks:
-                tokens, attn = blk(tokens, observe=True)
-                hidden.append(tokens)
-                attns.append(attn)
-            logits = self.forward_head(self.norm(tokens))
-            B, C = logits.shape
-            if self.cfg.num_classes == 0:
-                raise ValueError("this model has no classifier head: there is no class logit to explain")
-            target_t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
-            if target_t.numel() not in (1, B):
-                raise ValueError(f"target has {target_t.numel()} entries for a batch of {B}")
-            if ((target_t < 0) | (target_t >= C)).any():
-                raise ValueError(f"target {target_t.tolist()} is outside the {C} classes")
-            target_t = target_t.expand(B)
-            score = logits.gather(1, target_t[:, None]).sum()
-            grads = torch.stack(torch.autograd.grad(score, attns), dim=1)
+            grads, target_t = (None, None) if target is None else self._attention_grads(logits, graph_attns, target)
         return ViTTrace(
             logits=logits.detach(),
-            attentions=torch.stack(attns, dim=1).detach(),
-            hidden_states=torch.stack(hidden, dim=1).detach(),
+            attentions=attentions,
+            hidden_states=hidden,
             patch_embeddings=patches.detach().contiguous(),
             grid=grid,
             num_prefix_tokens=self.num_prefix_tokens,
@@ -342,30 +313,16 @@ class VisionTransformer(nn.Module):
             target=target_t,
         )
 
-
-def describe(model: VisionTransformer) -> dict[str, object]:
-    """A short summary for menus: sizes, grid, tokens, parameter count."""
-    cfg = model.cfg
-    gh, gw = cfg.grid_size
-    return {
-        "name": cfg.name,
-        "params": model.num_params(),
-        "img_size": cfg.img_size,
-        "patch_size": cfg.patch_size,
-        "grid": (gh, gw),
-        "tokens": cfg.num_prefix_tokens + gh * gw,
-        "embed_dim": cfg.embed_dim,
-        "depth": cfg.depth,
-        "num_heads": cfg.num_heads,
-        "num_classes": cfg.num_classes,
-        "attention_flops_share": _attention_share(cfg),
-    }
-
-
-def _attention_share(cfg: ViTConfig) -> float:
-    """Share of a forward pass's multiply-adds spent in QK^T and AV (grows with N^2)."""
-    N = cfg.num_prefix_tokens + math.prod(cfg.grid_size)
-    D = cfg.embed_dim
-    attn = 2 * N * N * D
-    linear = N * D * D * (4 + 2 * cfg.mlp_ratio)
-    return attn / (attn + linear)
+    def _attention_grads(self, logits: Tensor, attns: list[Tensor], target: int | Tensor) -> tuple[Tensor, Tensor]:
+        """d logit[target] / d attention (B, L, heads, N, N), and the target as (B,) indices."""
+        B, C = logits.shape
+        if self.cfg.num_classes == 0:
+            raise ValueError("this model has no classifier head: there is no class logit to explain")
+        target_t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+        if target_t.numel() not in (1, B):
+            raise ValueError(f"target has {target_t.numel()} entries for a batch of {B}")
+        if ((target_t < 0) | (target_t >= C)).any():
+            raise ValueError(f"target {target_t.tolist()} is outside the {C} classes")
+        target_t = target_t.expand(B)
+        score = logits.gather(1, target_t[:, None]).sum()
+        return torch.stack(torch.autograd.grad(score, attns), dim=1), target_t
