@@ -16,11 +16,12 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .config import ViTConfig
 from .errors import ImageError
+from .limits import current_limits
 
 if TYPE_CHECKING:
     from .model import VisionTransformer
 
-MAX_PIXELS = 40_000_000  # larger than any phone photo; a "decompression bomb" is refused
+MAX_PIXELS = 40_000_000  # larger than any phone photo; a "decompression bomb" is refused (limits may lower it)
 MAX_BYTES = 50 * 1024 * 1024
 _MAX_INTERMEDIATE_PIXELS = 16_000_000  # above this, resample the crop straight from the original
 _RESAMPLE = {
@@ -40,7 +41,8 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes]) -> Image.Image:
     converted, and an animated image gives its first frame.
 
     Raises:
-        ImageError: empty, not an image, truncated, or over `MAX_PIXELS` pixels.
+        ImageError: empty, not an image, truncated, or over the pixel limit (`MAX_PIXELS`, or the
+            server's `max_image_pixels` if lower), checked from the header before decoding.
     """
     data = _read_bytes(source)
     if not data:
@@ -52,9 +54,11 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes]) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
-            if w * h > MAX_PIXELS:
+            cap = min(MAX_PIXELS, current_limits().max_image_pixels)
+            if w * h > cap:
                 raise ImageError(
-                    f"The image is {w}x{h} pixels ({w * h / 1e6:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP."
+                    f"The image is {w}x{h} pixels ({w * h / 1e6:.0f} MP); the limit is {cap / 1e6:.0f} MP. "
+                    "Make it smaller and try again."
                 )
             if w < 1 or h < 1:
                 raise ImageError("The image has no pixels.")
@@ -66,7 +70,8 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes]) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
-            f"The image is too large to open safely (a possible decompression bomb); the limit is {MAX_PIXELS / 1e6:.0f} MP."
+            "The image is too large to open safely (a possible decompression bomb); the limit is "
+            f"{min(MAX_PIXELS, current_limits().max_image_pixels) / 1e6:.0f} MP."
         ) from None
     except UnidentifiedImageError:
         raise ImageError("This is not an image file Pillow can read (png, jpg, webp, bmp, gif, tiff).") from None
