@@ -80,3 +80,15 @@ def test_image_pixel_limit_is_read_from_the_header_before_decoding(monkeypatch):
     truncated = _png_header(20000, 20000)
     with pytest.raises(ImageError, match="limit is 1 MP"):
         load_image(truncated)
+
+
+def test_model_cost_refuses_too_many_tokens_and_too_much_attention():
+    from vit_core.config import ViTConfig
+    from vit_core.limits import ModelTooLargeError, check_model_cost
+
+    lim = Limits(max_tokens=200, max_trace_bytes=trace_bytes(12, 12, 197))
+    check_model_cost(ViTConfig(), lim)  # ViT-B/16 at 224: 197 tokens, exactly at the trace cap
+    with pytest.raises(ModelTooLargeError, match="1,025 tokens per image .*allows 200"):
+        check_model_cost(ViTConfig(img_size=(32, 32), patch_size=1, depth=1, num_heads=1), lim)
+    with pytest.raises(ModelTooLargeError, match="attention maps of one image"):
+        check_model_cost(ViTConfig(depth=13), lim)  # one more layer than the cap pays for

@@ -17,6 +17,12 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .config import ViTConfig
 
 PUBLIC_ENV = "VIT_EXPLORER_PUBLIC"
 _MB = 1024 * 1024
@@ -134,6 +140,35 @@ def current_limits(environ: Mapping[str, str] | None = None) -> Limits:
 def trace_bytes(depth: int, num_heads: int, num_tokens: int) -> int:
     """Bytes of the float32 attention maps of one traced image: L * h * N^2 * 4."""
     return 4 * int(depth) * int(num_heads) * int(num_tokens) ** 2
+
+
+class ModelTooLargeError(CheckpointError):
+    """A model whose forward pass on one image would cost more than the server allows."""
+
+
+def check_model_cost(cfg: ViTConfig, limits: Limits | None = None, source: str = "This model") -> None:
+    """Refuse a ViT whose tokens or traced attention maps exceed the limits, before it is built.
+
+    Call it with the configuration read from a checkpoint (or a training form), so that a tiny
+    file that describes a huge model (patch size 1 on a large image) costs nothing.
+
+    Raises:
+        ModelTooLargeError: with the model's figures and the limit it breaks.
+    """
+    lim = current_limits() if limits is None else limits
+    gh, gw = cfg.grid_size
+    tokens = gh * gw + cfg.num_prefix_tokens
+    if tokens > lim.max_tokens:
+        raise ModelTooLargeError(
+            f"{source} makes {tokens:,} tokens per image ({gh}x{gw} patches of {cfg.patch_size} px); "
+            f"this server allows {lim.max_tokens:,}. Use a larger patch size or a smaller image size."
+        )
+    need = trace_bytes(cfg.depth, cfg.num_heads, tokens)
+    if need > lim.max_trace_bytes:
+        raise ModelTooLargeError(
+            f"{source} needs {fmt_bytes(need)} for the attention maps of one image ({cfg.depth} layers x "
+            f"{cfg.num_heads} heads x {tokens:,}^2); this server allows {fmt_bytes(lim.max_trace_bytes)}."
+        )
 
 
 def fmt_bytes(n: float) -> str:
