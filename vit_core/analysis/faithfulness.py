@@ -1,0 +1,387 @@
+"""Which map to trust: deletion and insertion curves, agreement between maps, the
+randomisation sanity check, and the logit lens read at every patch token.
+
+Definitions: ALGORITHMS.md, "Judging a saliency map", "Agreement between maps", "Sanity check
+by model randomisation" and "Logit lens per patch".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .whatif import occlude_image
+
+if TYPE_CHECKING:
+    from ..model import VisionTransformer, ViTTrace
+
+CURVE_BATCH = 64  # images per forward pass of a curve; bounds memory (ViT-B: about 0.5 GB)
+_EMBEDDING_PARAMS = ("patch_embed.", "pos_embed", "cls_token", "dist_token", "reg_token")
+
+
+def saliency_order(saliency: Tensor) -> Tensor:
+    """Patches from most to least salient; ties break by patch index (lower first).
+
+    Args:
+        saliency: (n,) or a (gh, gw) map, one score per patch, row-major.
+
+    Returns:
+        (n,) int64 patch indices, on the CPU.
+    """
+    s = torch.as_tensor(saliency).detach().reshape(-1).to("cpu", torch.float64)
+    if s.numel() == 0:
+        raise ValueError("the saliency map is empty")
+    if not torch.isfinite(s).all():
+        raise ValueError("the saliency map has NaN or infinite entries: it cannot rank the patches")
+    return torch.sort(s, descending=True, stable=True).indices
+
+
+def step_fractions(n: int, k: int = 1) -> Tensor:
+    """Share of the patches hidden (deletion) or restored (insertion) at each step of a curve.
+
+    Step i covers `min(i * k, n)` patches: `ceil(n / k) + 1` points from 0 to 1, evenly spaced
+    except the last step when `k` does not divide `n`.
+
+    Returns:
+        (ceil(n/k) + 1,) float64.
+    """
+    n, k = _check_steps(n, k)
+    return torch.tensor([min(i * k, n) / n for i in range(math.ceil(n / k) + 1)], dtype=torch.float64)
+
+
+def _check_steps(n: int, k: int) -> tuple[int, int]:
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k (patches per step) must be a positive integer, not {k!r}")
+    if n < 1:
+        raise ValueError(f"a curve needs at least one patch, not {n}")
+    return int(n), int(k)
+
+
+def _check_image(model: VisionTransformer, x: Tensor, target: int) -> int:
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"x must be one preprocessed image (1, C, H, W), got {tuple(x.shape)}")
+    C = model.cfg.num_classes
+    if C == 0:
+        raise ValueError("this model has no classifier head: there is no class probability to follow")
+    if isinstance(target, bool) or int(target) != target or not 0 <= int(target) < C:
+        raise ValueError(f"target must be a class index in [0, {C - 1}], not {target!r}")
+    P = model.patch_size
+    if x.shape[2] % P or x.shape[3] % P:
+        raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is not a multiple of the patch size {P}")
+    return (x.shape[2] // P) * (x.shape[3] // P)
+
+
+def _prepare(
+    model: VisionTransformer, x: Tensor, saliencies: Tensor, target: int, k: int, batch_size: int
+) -> tuple[Tensor, list[list[int]], int, int]:
+    n = _check_image(model, x, target)
+    n, k = _check_steps(n, k)
+    maps = torch.as_tensor(saliencies).detach()
+    maps = maps.reshape(1, -1) if maps.dim() == 1 else maps.reshape(maps.shape[0], -1)
+    if maps.shape[1] != n:
+        raise ValueError(f"a saliency map has {maps.shape[1]} entries, but the image has {n} patches")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, not {batch_size}")
+    p = next(model.parameters())
+    return x.to(p.device, p.dtype), [saliency_order(m).tolist() for m in maps], n, k
+
+
+@torch.no_grad()
+def _curves(
+    model: VisionTransformer,
+    x: Tensor,
+    orders: list[list[int]],
+    directions: tuple[str, ...],
+    target: int,
+    n: int,
+    k: int,
+    mode: str,
+    batch_size: int,
+) -> Tensor:
+    """(M, len(directions), ceil(n/k) + 1) target probabilities, every image in shared batches."""
+    steps = math.ceil(n / k) + 1
+    jobs = [(m, d, s) for m in range(len(orders)) for d in directions for s in range(steps)]
+    per_batch = math.ceil(len(jobs) / math.ceil(len(jobs) / batch_size))  # evenly sized batches
+    probs = torch.empty(len(jobs), dtype=torch.float64)
+    for start in range(0, len(jobs), per_batch):
+        images = []
+        for m, d, s in jobs[start : start + per_batch]:
+            done = min(s * k, n)
+            hidden = orders[m][:done] if d == "deletion" else orders[m][done:]
+            images.append(occlude_image(x, hidden, model.patch_size, mode))  # the what-if's painting
+        logits = model(torch.cat(images))
+        probs[start : start + len(images)] = logits.double().softmax(-1)[:, int(target)].cpu()
+    return probs.reshape(len(orders), len(directions), steps)
+
+
+def deletion_insertion_curves(
+    model: VisionTransformer,
+    x: Tensor,
+    saliencies: Tensor,
+    target: int,
+    k: int = 1,
+    mode: str = "mean",
+    batch_size: int = CURVE_BATCH,
+) -> tuple[Tensor, Tensor]:
+    """Deletion and insertion curves of several saliency maps, in shared batched forwards.
+
+    The same curves as `deletion_curve` and `insertion_curve`, for M maps at once.
+
+    Args:
+        model: the ViT.
+        x: (1, C, H, W) one preprocessed image.
+        saliencies: (M, n), (M, gh, gw) or one map (n,): one score per patch per map.
+        target: class whose softmax probability is recorded.
+        k: patches per step.
+        mode: "mean" (ALGORITHMS.md) or "zero", as in `occlude_image`.
+        batch_size: images per forward pass.
+
+    Returns:
+        deletion, insertion: each (M, ceil(n/k) + 1) float64 (or (ceil(n/k) + 1,) for one (n,)
+        map), against `step_fractions(n, k)`.
+    """
+    x, orders, n, k = _prepare(model, x, saliencies, target, k, batch_size)
+    curves = _curves(model, x, orders, ("deletion", "insertion"), target, n, k, mode, batch_size)
+    if torch.as_tensor(saliencies).dim() == 1:
+        return curves[0, 0], curves[0, 1]
+    return curves[:, 0], curves[:, 1]
+
+
+def deletion_curve(
+    model: VisionTransformer,
+    x: Tensor,
+    saliency: Tensor,
+    target: int,
+    k: int = 1,
+    mode: str = "mean",
+    batch_size: int = CURVE_BATCH,
+) -> Tensor:
+    """Target probability as the most salient patches are hidden, `k` at a time (Petsiuk 2018).
+
+    A hidden patch is painted exactly as the occlusion what-if paints it (`occlude_image`;
+    "mean": the image's own per-channel mean colour over all its pixels).
+
+    Args:
+        model: the ViT.
+        x: (1, C, H, W) one preprocessed image.
+        saliency: (n,) or (gh, gw) one score per patch, row-major; ties break by patch index.
+        target: class index.
+        k: patches hidden per step.
+        mode: "mean" (ALGORITHMS.md) or "zero" (0 in normalised space).
+        batch_size: images per forward pass (bounds memory).
+
+    Returns:
+        (ceil(n/k) + 1,) float64 probabilities; point i has `min(i*k, n)` patches hidden
+        (`step_fractions`): from the unmasked image's probability to the fully hidden one's.
+        A faithful map makes it fall fast (low `curve_area`).
+    """
+    x, orders, n, k = _prepare(model, x, torch.as_tensor(saliency).reshape(-1), target, k, batch_size)
+    return _curves(model, x, orders, ("deletion",), target, n, k, mode, batch_size)[0, 0]
+
+
+def insertion_curve(
+    model: VisionTransformer,
+    x: Tensor,
+    saliency: Tensor,
+    target: int,
+    k: int = 1,
+    mode: str = "mean",
+    batch_size: int = CURVE_BATCH,
+) -> Tensor:
+    """Target probability as patches are restored, most salient first, into the hidden image.
+
+    Args: as `deletion_curve`.
+
+    Returns:
+        (ceil(n/k) + 1,) float64 probabilities; point i has `min(i*k, n)` patches restored:
+        from the fully hidden image's probability to the unmasked one's. A faithful map makes
+        it rise fast (high `curve_area`).
+    """
+    x, orders, n, k = _prepare(model, x, torch.as_tensor(saliency).reshape(-1), target, k, batch_size)
+    return _curves(model, x, orders, ("insertion",), target, n, k, mode, batch_size)[0, 0]
+
+
+def random_saliencies(n: int, count: int = 5, seed: int = 0) -> Tensor:
+    """Random rankings of n patches, the baseline every map must beat (ALGORITHMS.md).
+
+    Returns:
+        (count, n) float64 scores, each row a random permutation of 0..n-1 (no ties).
+    """
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n, generator=g) for _ in range(count)]).double()
+
+
+def curve_area(curve: Tensor, fractions: Tensor | None = None) -> float:
+    """Area under a deletion or insertion curve by the trapezoid rule over [0, 1].
+
+    Args:
+        curve: (S,) probabilities.
+        fractions: (S,) x positions; default evenly spaced over [0, 1], which is exact when
+            `k` divides `n`; otherwise pass `step_fractions(n, k)`.
+
+    Returns:
+        The area, in probability units (0 to 1).
+    """
+    y = torch.as_tensor(curve, dtype=torch.float64).reshape(-1)
+    if y.numel() < 2:
+        raise ValueError(f"a curve needs at least 2 points, got {y.numel()}")
+    t = (
+        torch.linspace(0.0, 1.0, y.numel(), dtype=torch.float64)
+        if fractions is None
+        else torch.as_tensor(fractions, dtype=torch.float64).reshape(-1)
+    )
+    if t.shape != y.shape:
+        raise ValueError(f"{t.numel()} fractions for {y.numel()} curve points")
+    return float(torch.trapezoid(y, t))
+
+
+class MapAgreement(NamedTuple):
+    """How much two saliency maps agree over the patches."""
+
+    spearman: float  # rank correlation in [-1, 1]; NaN when a map is constant
+    top_overlap: float  # |top(a) ∩ top(b)| / top_k, in [0, 1]
+    top_k: int  # patches in each top set: 10% of n, at least 1
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks 1..n of `values` (n,), tied values sharing the mean of their ranks (float64)."""
+    v = torch.as_tensor(values).detach().reshape(-1).to("cpu", torch.float64)
+    uniq, inverse, counts = torch.unique(v, sorted=True, return_inverse=True, return_counts=True)
+    last = torch.cumsum(counts, 0).double()  # rank of each distinct value's last copy
+    return (last - (counts.double() - 1) / 2)[inverse]
+
+
+def map_agreement(a: Tensor, b: Tensor, top: float = 0.1) -> MapAgreement:
+    """Spearman correlation (average ranks for ties) and top-set overlap of two maps.
+
+    Args:
+        a: (n,) or (gh, gw) one score per patch.
+        b: the same shape as `a`.
+        top: share of the patches in each top set; `max(1, int(top * n))` patches, chosen in
+            `saliency_order` (ties by patch index).
+
+    Returns:
+        `MapAgreement(spearman, top_overlap, top_k)`.
+    """
+    av = torch.as_tensor(a).detach().reshape(-1).to("cpu", torch.float64)
+    bv = torch.as_tensor(b).detach().reshape(-1).to("cpu", torch.float64)
+    if av.shape != bv.shape:
+        raise ValueError(f"the maps cover {av.numel()} and {bv.numel()} patches")
+    if not 0.0 < top <= 1.0:
+        raise ValueError(f"top must be in (0, 1], not {top}")
+    n = av.numel()
+    ra, rb = average_ranks(av), average_ranks(bv)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float(ra.square().sum()) * float(rb.square().sum()))
+    rho = float((ra * rb).sum()) / denom if denom > 0 else math.nan
+    kk = max(1, int(top * n))
+    sa = set(saliency_order(av)[:kk].tolist())
+    sb = set(saliency_order(bv)[:kk].tolist())
+    return MapAgreement(spearman=rho, top_overlap=len(sa & sb) / kk, top_k=kk)
+
+
+def agreement_matrix(maps: Tensor, top: float = 0.1) -> tuple[Tensor, Tensor]:
+    """`map_agreement` between every pair of M maps.
+
+    Args:
+        maps: (M, n) or (M, gh, gw).
+
+    Returns:
+        spearman (M, M) and top_overlap (M, M), float64, symmetric with a unit diagonal
+        (NaN Spearman for a constant map).
+    """
+    flat = torch.as_tensor(maps).detach().reshape(len(maps), -1)
+    M = flat.shape[0]
+    rho = torch.empty(M, M, dtype=torch.float64)
+    over = torch.empty(M, M, dtype=torch.float64)
+    for i in range(M):
+        for j in range(i, M):
+            r = map_agreement(flat[i], flat[j], top)
+            rho[i, j] = rho[j, i] = r.spearman
+            over[i, j] = over[j, i] = r.top_overlap
+    return rho, over
+
+
+def cascade_steps(model: VisionTransformer) -> list[str]:
+    """Names of the randomisation steps: "trained", "head", "block L-1", ..., "block 0", "embedding"."""
+    return ["trained", "head", *[f"block {i}" for i in reversed(range(len(model.blocks)))], "embedding"]
+
+
+def _param_step(name: str) -> str:
+    """The cascade step that re-initialises parameter `name`."""
+    m = re.match(r"blocks\.(\d+)\.", name)
+    if m:
+        return f"block {int(m.group(1))}"
+    if name.startswith(_EMBEDDING_PARAMS):
+        return "embedding"
+    return "head"  # head, head_dist, the final norm / fc_norm
+
+
+def randomise_cascade(model: VisionTransformer, seed: int = 0) -> Iterator[tuple[str, VisionTransformer]]:
+    """Cascading model randomisation (Adebayo et al. 2018), from the top of the model down.
+
+    Steps (`cascade_steps`): "trained" (an unchanged copy), "head" (classifier head(s) and the
+    final norm), then "block L-1" down to "block 0", then "embedding" (patch projection,
+    position embedding, class/distillation/register tokens). Each step keeps everything the
+    previous steps re-initialised, so the last one shares no weight with the trained model.
+    The re-initialised values are those of a fresh `type(model)(model.cfg)` built under
+    `torch.manual_seed(seed)` (the model's own initialisation); the global random state is
+    restored afterwards.
+
+    Args:
+        model: the trained ViT; never modified.
+        seed: seed of the re-initialisation.
+
+    Yields:
+        (step name, model copy): each copy is new and not changed afterwards (same device,
+        dtype and train/eval mode as `model`); keep only the ones you need.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(model.cfg, class_names=model.class_names)
+    fresh_params = dict(fresh.named_parameters())
+    current = copy.deepcopy(model)
+    yield "trained", current
+    for step in cascade_steps(model)[1:]:
+        current = copy.deepcopy(current)
+        with torch.no_grad():
+            for name, p in current.named_parameters():
+                if _param_step(name) == step:
+                    p.copy_(fresh_params[name])
+        yield step, current
+
+
+@torch.no_grad()
+def patch_logit_lens(model: VisionTransformer, trace: ViTTrace, image: int = 0) -> Tensor:
+    """The final norm and head applied to every patch token after the embedding and each block.
+
+    Each patch token is read as if it were the token the head reads (the [CLS] token, the
+    distillation token too for a DeiT, or the pooled token of an average-pooling model), so
+    depth L of a [CLS] model's `logit_lens` is the same readout applied to the class token.
+
+    Args:
+        model: the ViT that produced `trace`.
+        trace: from `model.trace`.
+        image: which image of the trace's batch.
+
+    Returns:
+        (L+1, n, classes) class probabilities; depth 0 is the embedding output, depth l the
+        output of block l; patches in row-major order (reshape to (gh, gw) for a map).
+    """
+    if model.cfg.num_classes == 0:
+        raise ValueError("this model has no classifier head: there are no class probabilities to read")
+    k = model.num_prefix_tokens
+    if trace.num_prefix_tokens != k:
+        raise ValueError(f"the trace has {trace.num_prefix_tokens} prefix tokens, the model {k}: another model's trace")
+    hs = trace.hidden_states[image, :, k:]  # (L+1, n, D)
+    S, n, D = hs.shape
+    # k+1 copies of the token: positions 0 (class), 1 (distillation) and k: (pooled) all hold it.
+    seq = hs.reshape(S * n, 1, D).expand(S * n, k + 1, D).to(model.pos_embed.dtype)
+    logits = model.logits_from_hidden(seq)
+    return logits.float().softmax(dim=-1).reshape(S, n, -1)
