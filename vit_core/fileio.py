@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -37,3 +41,50 @@ def remove_quietly(path: str | os.PathLike) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+class SingleFlight:
+    """Run one call per key at a time; callers that arrive meanwhile share its result.
+
+    Five "Download" clicks (in one session or in five) make one download: the first caller runs
+    `fn`, the others wait and get the same return value or the same exception. A later call,
+    after the first has finished, runs `fn` again (callers check "already there?" themselves).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[Hashable, _Call] = {}
+
+    def do(self, key: Hashable, fn: Callable[[], T]) -> T:
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if leader:
+                call = self._calls[key] = _Call()
+        assert call is not None
+        if leader:
+            try:
+                call.result = fn()
+            except BaseException as e:
+                call.error = e
+            finally:
+                with self._lock:
+                    del self._calls[key]
+                call.done.set()
+        else:
+            call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def in_flight(self, key: Hashable) -> bool:
+        """True while a call for `key` is running."""
+        with self._lock:
+            return key in self._calls
+
+
+class _Call:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
