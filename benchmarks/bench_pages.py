@@ -44,27 +44,33 @@ streamlit.logger.set_log_level("error")  # no "No runtime found" / "missing Scri
 
 import vit_plots as vp  # noqa: E402
 from ui import compute  # noqa: E402
-from ui.models import BUNDLED_PATH, untrained_cifar_model  # noqa: E402
+from ui.images import ImageChoice  # noqa: E402
+from ui.models import BUNDLED_PATH, LoadedModel, untrained_cifar_model  # noqa: E402
+from ui.selection import Current, Prepared  # noqa: E402
 from vit_core import VisionTransformer, ViTConfig, load_checkpoint  # noqa: E402
 from vit_core.threads import _DEFAULT_THREADS, use_inference_threads  # noqa: E402
 
 
 class Page:
-    """The model + image a page works on, and the page's settings."""
+    """The model + image a page works on (`cur`, what the page hands to ui.compute), and its shapes."""
 
     def __init__(self, model: VisionTransformer, model_id: str, data: bytes) -> None:
-        self.model, self.model_id, self.data = model, model_id, data
-        self.key = uuid.uuid4().hex  # a fresh image key: nothing computed for it is cached
-        self.prep = compute.prepare(model, model_id, self.key, data)
+        loaded = LoadedModel(model, model_id, "bench", model_id)
+        image = ImageChoice("bench image", data, uuid.uuid4().hex, "upload")  # a fresh key: nothing cached for it
+        self.cur = Current(loaded, image, compute.prepare(loaded, image))
         t = self.prep.trace
         self.grid, self.P, self.k = t.grid, t.patch_size, t.num_prefix_tokens
         self.n = self.grid[0] * self.grid[1]
         self.L, self.h = t.num_layers, t.attentions.shape[2]
         self.names = model.class_names
 
+    @property
+    def prep(self) -> Prepared:
+        return self.cur.prep
+
 
 def overview(p: Page) -> list:
-    params = compute.stage_params(p.model, p.model_id)
+    params = compute.stage_params(p.cur)
     stages = [vp.Stage(name, "1 x 1", "", f"{v:,}") for name, v in params.items()]
     return [
         vp.pipeline_figure(stages[:6]),
@@ -76,14 +82,14 @@ def overview(p: Page) -> list:
 
 def patches(p: Page, pick: int = 0, try_p: int | None = None) -> list:
     H, W = p.prep.x.shape[-2:]
-    m = compute.patch_matrix(p.prep, p.model_id, p.key, p.P)
+    m = compute.patch_matrix(p.cur)
     r, c = divmod(pick, p.grid[1])
     try_p = try_p or p.P
     sizes = [s for s in range(1, min(H, W) + 1) if H % s == 0 and W % s == 0 and (H // s) * (W // s) <= 4096]
     return [
         vp.patch_grid_figure(p.prep.display, p.grid, p.P, selected=pick),
         vp.image_figure(p.prep.display[r * p.P : (r + 1) * p.P, c * p.P : (c + 1) * p.P], height=200),
-        compute.patch_animation(p.prep, p.model_id, p.key),
+        compute.patch_animation(p.cur),
         vp.patch_matrix_figure(m, 3, p.P),
         vp.patch_grid_figure(
             p.prep.display, (H // try_p, W // try_p), try_p, numbers=(H // try_p) * (W // try_p) <= 256, height=340
@@ -93,10 +99,10 @@ def patches(p: Page, pick: int = 0, try_p: int | None = None) -> list:
 
 
 def embeddings(p: Page, filters_view: str = "pca") -> list:
-    cl = compute.conv_vs_linear(p.model, p.model_id, p.prep, p.key)
-    f = compute.filters(p.model, p.model_id)
-    tv = compute.token_views(p.prep, p.model_id, p.key)
-    colours = compute.patch_colours(p.prep, p.model_id, p.key, p.P)
+    cl = compute.conv_vs_linear(p.cur)
+    f = compute.filters(p.cur)
+    tv = compute.token_views(p.cur)
+    colours = compute.patch_colours(p.cur)
     labels = ["embedding"] + [f"block {i}" for i in range(1, p.L + 1)]
     filt = f["pca"] if filters_view == "pca" else f["raw"]
     return [
@@ -108,9 +114,9 @@ def embeddings(p: Page, filters_view: str = "pca") -> list:
 
 
 def positions(p: Page, patch: int = 0, seed: int = 0) -> list:
-    sim = compute.position_similarity(p.model, p.model_id)
+    sim = compute.position_similarity(p.cur)
     r, c = divmod(patch, p.grid[1])
-    res = compute.shuffled(p.model, p.model_id, p.prep, p.key, seed)
+    res = compute.shuffled(p.cur, seed)
     runs = {"original": p.prep.probs, "kept": res["kept"], "moved": res["moved"], "none": res["no_pos"]}
     return [
         vp.similarity_tiles_figure(sim, selected=patch),
@@ -135,12 +141,12 @@ def attention(
     gh, gw = p.grid
     A = p.prep.trace.attentions[0, layer].numpy()
     row = A.mean(0)[query] if head == "mean" else A[head, query]
-    steps = compute.head_steps(p.model, p.model_id, p.prep, p.key, layer, 0 if head == "mean" else int(head), query)
-    roll = compute.rollout(p.prep, p.model_id, p.key, "mean", discard, start)
+    steps = compute.head_steps(p.cur, layer, 0 if head == "mean" else int(head), query)
+    roll = compute.rollout(p.cur, "mean", discard, start)
     target = int(np.argmax(p.prep.probs)) if target is None else target
-    cmap = compute.class_map(p.model, p.model_id, p.prep, p.key, target)
-    hm = compute.head_maps(p.prep, p.model_id, p.key)
-    dino = compute.last_heads(p.prep, p.model_id, p.key, mass)
+    cmap = compute.class_map(p.cur, target)
+    hm = compute.head_maps(p.cur)
+    dino = compute.last_heads(p.cur, mass)
     qpatch = query - p.k if query >= p.k else None
     return [
         vp.overlay_figure(p.prep.display, row[p.k :].reshape(gh, gw), p.grid, p.P, vmin=0, selected=qpatch),
@@ -155,11 +161,11 @@ def attention(
 
 
 def prediction(p: Page, top_n: int = 5, occluded: tuple[int, ...] = (), mode: str = "mean") -> list:
-    lens = compute.logit_lens(p.model, p.model_id, p.prep, p.key)
+    lens = compute.logit_lens(p.cur)
     top5 = list(vp.top_k(p.prep.probs, 5))
-    roll = compute.rollout(p.prep, p.model_id, p.key, "mean", 0.0, 0)
+    roll = compute.rollout(p.cur, "mean", 0.0, 0)
     _ = roll.reshape(-1).argsort()[::-1][: max(1, p.n // 10)]
-    res = compute.occluded(p.model, p.model_id, p.prep, p.key, tuple(sorted(occluded)), mode)
+    res = compute.occluded(p.cur, tuple(sorted(occluded)), mode)
     return [
         vp.topk_figure(p.prep.probs, p.names, k=top_n),
         vp.logit_lens_figure(lens, p.names, top5),
@@ -251,7 +257,8 @@ def bench_sliders(model: VisionTransformer, model_id: str, repeats: int) -> dict
             def rerun(page=page, kwargs=kwargs, base=base):
                 p = Page.__new__(Page)
                 p.__dict__.update(base.__dict__)
-                p.prep = compute.prepare(model, model_id, base.key, base.data)
+                cur = base.cur
+                p.cur = Current(cur.loaded, cur.image, compute.prepare(cur.loaded, cur.image))
                 return PAGES[page](p, **kwargs(p))
 
             out.setdefault(label, []).append(timed(rerun))

@@ -4,6 +4,7 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
+from ui.navigation import STEPS
 from ui.page import chart, header, needs_head, prediction_line
 from ui.session import current
 
@@ -23,7 +24,7 @@ cfg, (gh, gw), P, k = cur.cfg, cur.grid, cur.patch_size, cur.num_prefix
 C, D, L, h = cfg.in_chans, cfg.embed_dim, cur.num_layers, cfg.num_heads
 n, N = cur.num_patches, cur.num_tokens
 H, W = cur.prep.x.shape[-2:]
-params = compute.stage_params(cur.model, cur.model_id)
+params = compute.stage_params(cur)
 prefix = "[CLS]" if k == 1 else f"{k} prefix tokens"
 stages = [
     vp.Stage("Input", f"{C} x {H} x {W}", "resized, cropped,<br>normalised", "no parameters"),
@@ -101,15 +102,5 @@ st.caption(
 )
 
 st.subheader("Where to next")
-cols = st.columns(5)
-for col, (path, label, icon) in zip(
-    cols,
-    [
-        ("pages/2_patches.py", "1 · Patches", ":material/grid_on:"),
-        ("pages/3_embeddings.py", "2 · Embeddings", ":material/scatter_plot:"),
-        ("pages/4_positions.py", "3 · Positions", ":material/my_location:"),
-        ("pages/5_attention.py", "4 · Attention", ":material/visibility:"),
-        ("pages/6_prediction.py", "5 · Prediction", ":material/insights:"),
-    ],
-):
-    col.page_link(path, label=label, icon=icon)
+for i, (col, step) in enumerate(zip(st.columns(len(STEPS)), STEPS), start=1):
+    col.page_link(step.path, label=f"{i} · {step.step}", icon=step.icon)

@@ -59,7 +59,7 @@ with c2:
         f"Patch **{pick}** is row {r}, column {c}: pixels {r * P}–{r * P + P - 1} down, {c * P}–{c * P + P - 1} across."
     )
     chart(vp.image_figure(cur.prep.display[r * P : (r + 1) * P, c * P : (c + 1) * P], height=200), key="patch_zoom")
-    matrix = compute.patch_matrix(cur.prep, cur.model_id, cur.image_key, P)
+    matrix = compute.patch_matrix(cur)
     vec = matrix[int(pick)]
     st.caption(
         f"flattened, {vec.size} numbers (normalised): "
@@ -73,7 +73,7 @@ st.markdown(
     "model gets. Where a patch came from is no longer visible in the sequence itself; the model is told "
     "later, by the position embeddings (see *Position embeddings*)."
 )
-chart(compute.patch_animation(cur.prep, cur.model_id, cur.image_key), key="patch_anim")
+chart(compute.patch_animation(cur), key="patch_anim")
 
 st.subheader("The patch matrix")
 st.markdown(

@@ -22,7 +22,7 @@ prediction_line(cur)
 st.latex(r"\text{token}_i = x_p^i\,E + b,\qquad E \in \mathbb{R}^{" + str(C * P * P) + r"\times" + str(D) + r"}")
 
 st.subheader("Conv2d and flatten + Linear are the same map")
-cl = compute.conv_vs_linear(cur.model, cur.model_id, cur.prep, cur.image_key)
+cl = compute.conv_vs_linear(cur)
 c1, c2 = st.columns([3, 2])
 with c1:
     chart(vp.conv_linear_figure(cl["conv"], cl["linear"]), key="conv_linear")
@@ -43,7 +43,7 @@ with c2:
     st.caption("The Linear's weight is the Conv2d's weight reshaped from (D, C, P, P) to (D, C·P·P).")
 
 st.subheader("What the projection looks for: its filters")
-f = compute.filters(cur.model, cur.model_id)
+f = compute.filters(cur)
 view = st.radio(
     "Show",
     ["principal components (paper, Figure 7 left)", "raw filters"],
@@ -75,12 +75,12 @@ st.markdown(
     "with similar tokens get similar colours: early on colour follows the pixels; deeper, it follows what "
     "the patch is part of."
 )
-tv = compute.token_views(cur.prep, cur.model_id, cur.image_key)
+tv = compute.token_views(cur)
 labels = ["embedding"] + [f"block {i}" for i in range(1, L + 1)]
 chart(vp.token_pca_figure(tv["rgb"], labels, cols=min(7, L + 1)), key="token_pca")
 st.markdown(
     "The same tokens as points in their top-2 principal-component plane, coloured by the mean colour of the "
     "patch they came from. Drag the slider to go through the depths; hover a point to see its patch."
 )
-colours = compute.patch_colours(cur.prep, cur.model_id, cur.image_key, P)
+colours = compute.patch_colours(cur)
 chart(vp.token_scatter_figure(tv["xy"], np.clip(colours, 0, 1), labels, cur.grid), key="token_scatter")

@@ -49,7 +49,7 @@ def _pick(p: int) -> None:
     st.session_state["pos_patch"] = p
 
 
-sim = compute.position_similarity(cur.model, cur.model_id)
+sim = compute.position_similarity(cur)
 c1, c2 = st.columns([3, 2])
 with c1:
     clickable_chart(
@@ -76,7 +76,7 @@ st.markdown(
 )
 c1, c2 = st.columns([1, 4])
 seed = c1.number_input("Shuffle seed", 0, 10_000, 0, key="shuffle_seed")
-res = compute.shuffled(cur.model, cur.model_id, cur.prep, cur.image_key, int(seed))
+res = compute.shuffled(cur, int(seed))
 with c2:
     i1, i2 = st.columns(2)
     with i1:

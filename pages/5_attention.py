@@ -95,7 +95,7 @@ with c2:
 
 st.subheader("One head, step by step")
 step_head = 0 if head == "mean" else int(head)
-steps = compute.head_steps(cur.model, cur.model_id, cur.prep, cur.image_key, layer - 1, step_head, query)
+steps = compute.head_steps(cur, layer - 1, step_head, query)
 st.markdown(
     f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
     f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
@@ -156,7 +156,7 @@ with c1:
     )
     start = st.slider("Start layer", 1, L, 1, key="roll_start")
 with c2:
-    roll = compute.rollout(cur.prep, cur.model_id, cur.image_key, fusion, float(discard), int(start) - 1)
+    roll = compute.rollout(cur, fusion, float(discard), int(start) - 1)
     chart(
         vp.overlay_figure(
             cur.prep.display, roll, cur.grid, P, colorbar_title="rollout", value_name="rollout", vmin=0, height=400
@@ -186,7 +186,7 @@ if needs_head(cur, "A class-specific map"):
         help="Sorted by the model's probability.",
     )
     c1.caption("Compare the predicted class with the runner-up: the maps often point at different parts of the image.")
-    cmap = compute.class_map(cur.model, cur.model_id, cur.prep, cur.image_key, int(target))
+    cmap = compute.class_map(cur, int(target))
     with c2:
         chart(
             vp.overlay_figure(
@@ -204,7 +204,7 @@ st.markdown(
 c1, c2 = st.columns([1, 2])
 mass = c1.slider("Keep this share of each head's attention", 0.1, 1.0, 0.6, 0.05, key="dino_mass")
 with c2:
-    chart(vp.heads_figure(compute.last_heads(cur.prep, cur.model_id, cur.image_key, float(mass))), key="dino_heads")
+    chart(vp.heads_figure(compute.last_heads(cur, float(mass))), key="dino_heads")
 
 st.subheader("How far does each head look?")
 st.markdown(
@@ -219,8 +219,8 @@ st.latex(
 )
 n_samples = len(compute.sample_files())
 over_samples = st.toggle(f"Average over the {n_samples} sample images instead of this image", key="mad_samples")
-hm = compute.head_maps(cur.prep, cur.model_id, cur.image_key)
-distance = compute.sample_mean_distance(cur.model, cur.model_id) if over_samples else hm["distance"]
+hm = compute.head_maps(cur)
+distance = compute.sample_mean_distance(cur) if over_samples else hm["distance"]
 chart(vp.mean_distance_figure(distance, image_extent=float(max(cur.prep.x.shape[-2:]))), key="attn_distance")
 st.markdown(
     "**Entropy** of each head's attention, averaged over queries: 0 means each query looks at one token, log N (uniform) means it looks everywhere equally."

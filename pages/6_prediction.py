@@ -32,7 +32,7 @@ st.markdown(
     "Apply the final LayerNorm and the head to the [CLS] token **after every block**, not only the last. "
     "Early read-outs are usually vague; the curve shows at which depth the model commits to its answer."
 )
-lens = compute.logit_lens(cur.model, cur.model_id, cur.prep, cur.image_key)
+lens = compute.logit_lens(cur)
 top5 = list(vp.top_k(cur.prep.probs, min(5, len(names))))
 chart(vp.logit_lens_figure(lens, names, top5), key="pred_lens")
 
@@ -64,11 +64,11 @@ mode = c1.radio(
     format_func={"mean": "mean colour", "zero": "zero", "drop": "drop the token"}.get,
 )
 c2.button("Clear", on_click=_set, args=([],), key="occ_clear", width="stretch")
-roll = compute.rollout(cur.prep, cur.model_id, cur.image_key, "mean", 0.0, 0)
+roll = compute.rollout(cur, "mean", 0.0, 0)
 most = [int(i) for i in roll.reshape(-1).argsort()[::-1][: max(1, n // 10)]]
 c3.button("Hide the top 10% by rollout", on_click=_set, args=(most,), key="occ_rollout", width="stretch")
 
-res = compute.occluded(cur.model, cur.model_id, cur.prep, cur.image_key, tuple(sorted(occ)), mode)
+res = compute.occluded(cur, tuple(sorted(occ)), mode)
 c1, c2 = st.columns([1, 1])
 with c1:
     clickable_chart(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from PIL import Image
 
 from vit_core import ImageError, load_image
 
@@ -39,9 +40,26 @@ class ImageChoice:
     key: str  # sha1 of the bytes: the cache key of everything computed from this image
     source: str  # "sample", "upload" or "camera"
 
+    def decoded(self) -> Image.Image:
+        """The image as `load_image` reads it (upright RGB), decoded once per content.
+
+        Shared by every caller (the uploader's check, the forward pass): read it, never modify it.
+
+        Raises:
+            ImageError: the bytes are not an image `load_image` accepts.
+        """
+        return _decode(self.key, self.data)
+
 
 def image_choice(name: str, data: bytes, source: str) -> ImageChoice:
     return ImageChoice(name, data, hashlib.sha1(data).hexdigest(), source)
+
+
+# An upload is checked when it arrives and fed to the model in the same run: one decode
+# serves both. Few entries, short-lived: a 40 MP photo is 120 MB decoded.
+@st.cache_resource(max_entries=4, ttl=120, show_spinner=False)
+def _decode(key: str, _data: bytes) -> Image.Image:
+    return load_image(_data)
 
 
 def sample_images() -> dict[str, Path]:
@@ -66,14 +84,15 @@ def _drop(source: str) -> None:
 
 def _accept(name: str, data: bytes, source: str) -> None:
     """Use an uploaded or photographed file if it is an image we can read."""
+    choice = image_choice(name, data, source)
     try:
-        load_image(data)
+        choice.decoded()
     except ImageError as e:
         st.session_state[_ERROR] = (
             f"{name}: {e} Try another file (png, jpg, webp, bmp, gif or tiff); the previous image is still shown."
         )
         return
-    _push(image_choice(name, data, source))
+    _push(choice)
 
 
 def _on_sample() -> None:
@@ -102,11 +121,6 @@ def _on_camera() -> None:
 def _on_camera_toggle() -> None:
     if not st.session_state.get(CAMERA_ON_KEY):
         _drop("camera")
-
-
-def set_image(name: str, data: bytes, source: str = "upload") -> None:
-    """Make `data` the current image (what the uploader does; also for tests and other pages)."""
-    _accept(name, data, source)
 
 
 def current_image() -> ImageChoice:
