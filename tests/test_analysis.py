@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests import _analysis_refs as ref
-from vit_core import VisionTransformer, ViTConfig
+from vit_core import VisionTransformer
 from vit_core import analysis as A
 
 CONFIGS = {
@@ -39,19 +39,12 @@ WITH_CLS = ["square_cls", "wide_distill", "tall_registers"]
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def make_model(name: str, seed: int = 0) -> VisionTransformer:
-    """A small ViT with every parameter redrawn at a scale that makes attention peaked."""
-    torch.manual_seed(seed)
-    model = VisionTransformer(ViTConfig(**CONFIGS[name])).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.4)
-    return model
+WEIGHT_STD = 0.4  # every parameter redrawn at a scale that makes attention peaked
 
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, VisionTransformer]:
-    return {name: make_model(name) for name in CONFIGS}
+def models(make_vit) -> dict[str, VisionTransformer]:
+    return {name: make_vit(weight_std=WEIGHT_STD, **CONFIGS[name]) for name in CONFIGS}
 
 
 def image_for(model: VisionTransformer, batch: int = 2, seed: int = 1) -> torch.Tensor:
@@ -150,8 +143,8 @@ def test_embedding_pca_default_k_is_28_and_capped(models):
     assert float(ratio[-1]) < 1e-6
 
 
-def test_embedding_pca_cache_follows_the_weights():
-    model = make_model("square_cls", seed=3)
+def test_embedding_pca_cache_follows_the_weights(make_vit):
+    model = make_vit(3, weight_std=WEIGHT_STD, **CONFIGS["square_cls"])
     first, _ = A.embedding_pca_components(model, 4)
     assert torch.equal(A.embedding_pca_components(model, 4)[0], first)  # cached, same answer
     with torch.no_grad():
@@ -517,7 +510,7 @@ def test_shuffle_definitions(models, name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_vit_without_position_embeddings_is_permutation_invariant(models, name):
+def test_vit_without_position_embeddings_is_permutation_invariant(models, name, make_vit):
     model = models[name]
     x = image_for(model)
     n = math.prod(model.cfg.grid_size)
@@ -529,7 +522,7 @@ def test_vit_without_position_embeddings_is_permutation_invariant(models, name):
     close(a, b, rtol=1e-4, atol=1e-4)
     close(c, b, rtol=1e-4, atol=1e-4)
     # A model whose position embeddings are zeroed, fed the shuffled image.
-    zeroed = make_model(name)
+    zeroed = make_vit(weight_std=WEIGHT_STD, **CONFIGS[name])
     with torch.no_grad():
         zeroed.pos_embed.zero_()
         close(zeroed(A.shuffle_image(x, perm, model.patch_size)), zeroed(x), rtol=1e-4, atol=1e-4)
@@ -568,10 +561,10 @@ def test_maps_without_prefix_tokens_use_the_patch_row_mean(models):
     close(A.last_layer_heads(att, grid, 0), att[:, -1].mean(2).reshape(2, -1, *grid))
 
 
-def test_views_work_under_inference_mode():
+def test_views_work_under_inference_mode(make_vit):
     """The app may call everything inside torch.inference_mode(), model loaded there too."""
     with torch.inference_mode():
-        model = make_model("wide_distill")
+        model = make_vit(weight_std=WEIGHT_STD, **CONFIGS["wide_distill"])
         x = image_for(model)
         trace = model.trace(x)
         grid, k = trace.grid, trace.num_prefix_tokens

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from vit_core import VisionTransformer, ViTConfig, load_checkpoint, load_image, preprocess
+from vit_core import VisionTransformer, load_checkpoint, load_image, preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -233,22 +233,13 @@ def test_bad_checkpoint_path_keeps_the_previous_model(tmp_path):
     assert len(at.get("plotly_chart")) == PAGES[0][2]
 
 
-def test_good_checkpoint_path_is_added_and_selected(tmp_path):
+def test_good_checkpoint_path_is_added_and_selected(tmp_path, make_vit):
     from vit_core import save_checkpoint
 
-    torch.manual_seed(3)
-    cfg = ViTConfig(
-        img_size=32,
-        patch_size=8,
-        num_classes=3,
-        embed_dim=24,
-        depth=2,
-        num_heads=2,
-        mean=(0.5,) * 3,
-        std=(0.5,) * 3,
-        crop_pct=1.0,
+    model = make_vit(
+        3, ["ant", "bee", "cow"], num_classes=3, embed_dim=24, depth=2, mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0
     )
-    path = save_checkpoint(VisionTransformer(cfg, ["ant", "bee", "cow"]), tmp_path / "tiny.safetensors")
+    path = save_checkpoint(model, tmp_path / "tiny.safetensors")
     at = start()
     at.text_input(key="model_path").set_value(str(path)).run()
     ok(at)
@@ -345,21 +336,12 @@ UNUSUAL = {
 
 
 @pytest.mark.parametrize("kind", list(UNUSUAL))
-def test_every_page_with_unusual_models(kind, tmp_path):
+def test_every_page_with_unusual_models(kind, tmp_path, make_vit):
     from vit_core import save_checkpoint
 
-    torch.manual_seed(4)
-    opts = {
-        "img_size": 32,
-        "patch_size": 8,
-        "embed_dim": 24,
-        "depth": 2,
-        "num_heads": 2,
-        "crop_pct": 1.0,
-        **UNUSUAL[kind],
-    }
+    opts = {"embed_dim": 24, "depth": 2, "crop_pct": 1.0, **UNUSUAL[kind]}
     n_cls = opts["num_classes"]
-    model = VisionTransformer(ViTConfig(**opts), [f"class {i}" for i in range(n_cls)] if n_cls else None)
+    model = make_vit(4, [f"class {i}" for i in range(n_cls)] if n_cls else None, **opts)
     path = save_checkpoint(model, tmp_path / f"{kind}.safetensors")
     at = start()
     at.text_input(key="model_path").set_value(str(path)).run()
@@ -381,7 +363,7 @@ def test_every_page_with_unusual_models(kind, tmp_path):
             assert charts_here < n_charts or page in ("pages/2_patches.py", "pages/3_embeddings.py"), page
 
 
-def test_checkpoint_upload_good_and_bad(tmp_path):
+def test_checkpoint_upload_good_and_bad(tmp_path, make_vit):
     from vit_core import save_checkpoint
 
     at = start()
@@ -391,9 +373,8 @@ def test_checkpoint_upload_good_and_bad(tmp_path):
     ok(at)
     assert any("previous model is still in use" in e.value for e in at.sidebar.error)
     assert at.selectbox(key="model_key").value == MODEL_KEY
-    torch.manual_seed(5)
-    cfg = ViTConfig(img_size=32, patch_size=8, num_classes=2, embed_dim=16, depth=3, num_heads=2, crop_pct=1.0)
-    path = save_checkpoint(VisionTransformer(cfg, ["left", "right"]), tmp_path / "mine.safetensors")
+    model = make_vit(5, ["left", "right"], depth=3, crop_pct=1.0)
+    path = save_checkpoint(model, tmp_path / "mine.safetensors")
     at.file_uploader(key="model_upload").upload("mine.safetensors", path.read_bytes(), "application/octet-stream").run()
     ok(at)
     assert at.selectbox(key="model_key").value.startswith("file:") and "mine" in at.selectbox(key="model_key").value
@@ -459,23 +440,12 @@ def test_patch_size_what_if():
     assert metrics["attention weights per head and layer (N²)"] == f"{(1 + (64 // P) ** 2) ** 2:,}"
 
 
-def test_a_model_that_cannot_run_shows_a_message(tmp_path):
+def test_a_model_that_cannot_run_shows_a_message(tmp_path, make_vit):
     """A checkpoint whose forward pass fails (here: 4 input channels) stops the page with a message."""
     from vit_core import save_checkpoint
 
-    cfg = ViTConfig(
-        img_size=32,
-        patch_size=8,
-        in_chans=4,
-        num_classes=2,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
-        crop_pct=1.0,
-        mean=(0.5,) * 4,
-        std=(0.5,) * 4,
-    )
-    path = save_checkpoint(VisionTransformer(cfg, ["a", "b"]), tmp_path / "four_channels.safetensors")
+    model = make_vit(0, ["a", "b"], in_chans=4, crop_pct=1.0, mean=(0.5,) * 4, std=(0.5,) * 4)
+    path = save_checkpoint(model, tmp_path / "four_channels.safetensors")
     at = start()
     at.text_input(key="model_path").set_value(str(path)).run()
     ok(at)

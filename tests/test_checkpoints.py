@@ -1,5 +1,5 @@
-"""Checkpoints: our format, timm state dicts, Hugging Face folders, the pretrained catalogue,
-and every way a file can be wrong."""
+"""Checkpoints: our format, timm state dicts, Hugging Face folders, and every way a file can be
+wrong. The pretrained catalogue's files are in test_pretrained.py."""
 
 from __future__ import annotations
 
@@ -17,20 +17,13 @@ from safetensors.torch import save_file
 from tests.vit_reference import make_timm_state_dict, reference_forward
 from vit_core import (
     CheckpointError,
-    VisionTransformer,
-    ViTConfig,
-    get_pretrained,
     imagenet_class_names,
     infer_num_heads,
-    is_downloaded,
     list_pretrained,
     load_checkpoint,
-    load_pretrained,
     save_checkpoint,
 )
-from vit_core import pretrained as pretrained_mod
 from vit_core.checkpoints import sniff_format
-from vit_core.pretrained import PretrainedNotAvailableError, download_pretrained
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,19 +32,15 @@ def _x(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def _tiny_sd(**kw: object) -> dict[str, torch.Tensor]:
-    base = dict(embed_dim=64, depth=2, patch_size=8, grid=(4, 4), num_classes=5)
-    base.update(kw)
-    return make_timm_state_dict(**base)
-
-
 # ----------------------------------------------------------------------------------------------
 # Our own format
 
 
-def test_own_format_round_trip(tmp_path: Path) -> None:
-    cfg = ViTConfig(img_size=(32, 48), patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3, reg_tokens=1)
-    model = VisionTransformer(cfg, ["cat", "dog", "eel"]).eval()
+def test_own_format_round_trip(tmp_path: Path, make_vit) -> None:
+    model = make_vit(
+        0, ["cat", "dog", "eel"], img_size=(32, 48), embed_dim=32, depth=2, num_heads=4, num_classes=3, reg_tokens=1
+    )
+    cfg = model.cfg
     path = save_checkpoint(model, tmp_path / "sub" / "m.safetensors")
     assert not list(path.parent.glob("*.tmp"))
     loaded = load_checkpoint(path)
@@ -60,20 +49,20 @@ def test_own_format_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
-def test_own_format_with_image_size_that_disagrees(tmp_path: Path) -> None:
-    model = VisionTransformer(ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=2))
+def test_own_format_with_image_size_that_disagrees(tmp_path: Path, make_vit, make_config) -> None:
+    model = make_vit()  # 32x32, 8-pixel patches: 16 patches + the class token
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": "vit-explorer/1",
-        "config": ViTConfig(img_size=48, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=2).to_json(),
+        "config": make_config(img_size=48).to_json(),
     }
     save_file(tensors, tmp_path / "bad.safetensors", metadata=meta)
     with pytest.raises(CheckpointError, match="48x48 needs 37 position embeddings but the weights have 17"):
         load_checkpoint(tmp_path / "bad.safetensors")
 
 
-def test_save_into_an_unwritable_place(tmp_path: Path) -> None:
-    model = VisionTransformer(ViTConfig(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=2))
+def test_save_into_an_unwritable_place(tmp_path: Path, make_vit) -> None:
+    model = make_vit(img_size=16)
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="Could not write"):
         save_checkpoint(model, tmp_path / "file" / "m.safetensors")
@@ -117,8 +106,8 @@ def test_timm_vit_s16_like_state_dict_loads_and_runs(tmp_path: Path) -> None:
     ],
     ids=["distilled", "registers_gap", "registers_layerscale", "no_qkv_bias"],
 )
-def test_timm_variants(tmp_path: Path, kw: dict, pool: str, heads: int) -> None:
-    sd = _tiny_sd(**kw)
+def test_timm_variants(tmp_path: Path, kw: dict, pool: str, heads: int, make_timm_sd) -> None:
+    sd = make_timm_sd(**kw)
     path = tmp_path / "w.safetensors"
     save_file(sd, path)
     model = load_checkpoint(path)
@@ -132,8 +121,8 @@ def test_timm_variants(tmp_path: Path, kw: dict, pool: str, heads: int) -> None:
     torch.testing.assert_close(model.double().trace(x).logits, ref, atol=1e-10, rtol=0)
 
 
-def test_num_heads_override_and_inference(tmp_path: Path) -> None:
-    sd = _tiny_sd(embed_dim=128)
+def test_num_heads_override_and_inference(tmp_path: Path, make_timm_sd) -> None:
+    sd = make_timm_sd(embed_dim=128)
     save_file(sd, tmp_path / "w.safetensors")
     assert load_checkpoint(tmp_path / "w.safetensors").cfg.num_heads == 2
     model = load_checkpoint(tmp_path / "w.safetensors", num_heads=4)
@@ -142,7 +131,7 @@ def test_num_heads_override_and_inference(tmp_path: Path) -> None:
     torch.testing.assert_close(model.double()(x), reference_forward(sd, x, num_heads=4), atol=1e-10, rtol=0)
     with pytest.raises(CheckpointError, match="do not divide"):
         load_checkpoint(tmp_path / "w.safetensors", num_heads=3)
-    save_file(_tiny_sd(embed_dim=48), tmp_path / "w48.safetensors")
+    save_file(make_timm_sd(embed_dim=48), tmp_path / "w48.safetensors")
     with pytest.raises(CheckpointError, match="Pass num_heads="):
         load_checkpoint(tmp_path / "w48.safetensors")
     assert load_checkpoint(tmp_path / "w48.safetensors", num_heads=4).cfg.num_heads == 4
@@ -160,9 +149,9 @@ def test_infer_num_heads_follows_timm() -> None:
         assert infer_num_heads(m.embed_dim, m.timm_name) == m.num_heads
 
 
-def test_timm_pth_wrapped_and_prefixed(tmp_path: Path) -> None:
-    sd = _tiny_sd()
-    other = _tiny_sd(seed=1)
+def test_timm_pth_wrapped_and_prefixed(tmp_path: Path, make_timm_sd) -> None:
+    sd = make_timm_sd()
+    other = make_timm_sd(seed=1)
     x = _x(1, 3, 32, 32)
     expected = load_checkpoint(_save_st(sd, tmp_path / "ref.safetensors"))(x)
     cases = {
@@ -181,9 +170,9 @@ def test_timm_pth_wrapped_and_prefixed(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "half.pth").pos_embed.dtype == torch.float32
 
 
-def test_timm_hub_folder_config(tmp_path: Path) -> None:
+def test_timm_hub_folder_config(tmp_path: Path, make_timm_sd) -> None:
     """timm's Hub layout: config.json with architecture, pretrained_cfg and label names."""
-    sd = _tiny_sd(num_classes=3, grid=(4, 6))
+    sd = make_timm_sd(num_classes=3, grid=(4, 6))
     save_file(sd, tmp_path / "model.safetensors")
     config = {
         "architecture": "vit_tiny_test",
@@ -209,8 +198,8 @@ def test_timm_hub_folder_config(tmp_path: Path) -> None:
     torch.testing.assert_close(model.double()(x), reference_forward(sd, x, num_heads=4), atol=1e-10, rtol=0)
 
 
-def test_timm_wordnet_label_names_become_readable(tmp_path: Path) -> None:
-    save_file(_tiny_sd(num_classes=2), tmp_path / "model.safetensors")
+def test_timm_wordnet_label_names_become_readable(tmp_path: Path, make_timm_sd) -> None:
+    save_file(make_timm_sd(num_classes=2), tmp_path / "model.safetensors")
     config = {
         "architecture": "vit_test",
         "label_names": ["n01440764", "n01443537"],
@@ -224,8 +213,8 @@ def test_timm_wordnet_label_names_become_readable(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
 
 
-def test_timm_non_square_grid_needs_img_size(tmp_path: Path) -> None:
-    save_file(_tiny_sd(grid=(4, 5)), tmp_path / "w.safetensors")  # 1 + 20 positions: no square grid
+def test_timm_non_square_grid_needs_img_size(tmp_path: Path, make_timm_sd) -> None:
+    save_file(make_timm_sd(grid=(4, 5)), tmp_path / "w.safetensors")  # 1 + 20 positions: no square grid
     with pytest.raises(CheckpointError, match="img_size"):
         load_checkpoint(tmp_path / "w.safetensors")
     assert load_checkpoint(tmp_path / "w.safetensors", img_size=(32, 40)).cfg.grid_size == (4, 5)
@@ -393,8 +382,8 @@ def _save_st(sd: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
-def test_missing_extra_and_mismatched_keys_are_named(tmp_path: Path) -> None:
-    sd = _tiny_sd()
+def test_missing_extra_and_mismatched_keys_are_named(tmp_path: Path, make_timm_sd) -> None:
+    sd = make_timm_sd()
     missing = {k: v for k, v in sd.items() if k != "blocks.1.mlp.fc2.weight"}
     with pytest.raises(CheckpointError, match=r"missing keys blocks\.1\.mlp\.fc2\.weight"):
         load_checkpoint(_save_st(missing, tmp_path / "missing.safetensors"))
@@ -432,8 +421,8 @@ def test_unknown_formats(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "folder")
 
 
-def test_truncated_files(tmp_path: Path) -> None:
-    sd = _tiny_sd()
+def test_truncated_files(tmp_path: Path, make_timm_sd) -> None:
+    sd = make_timm_sd()
     data = _save_st(sd, tmp_path / "w.safetensors").read_bytes()
     for cut in (len(data) // 2, 40):
         (tmp_path / "cut.safetensors").write_bytes(data[:cut])
@@ -456,11 +445,11 @@ class _Evil:
         return (Path.write_text, (self.marker, "pwned"))
 
 
-def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, make_timm_sd) -> None:
     marker = tmp_path / "side_effect.txt"
     # A raw pickle (legacy torch format) and a torch.save zip, both with the payload inside.
     (tmp_path / "raw.pth").write_bytes(pickle.dumps({"state_dict": _Evil(marker)}, protocol=2))
-    torch.save({"model": _tiny_sd(), "payload": _Evil(marker)}, tmp_path / "zip.pth")
+    torch.save({"model": make_timm_sd(), "payload": _Evil(marker)}, tmp_path / "zip.pth")
     assert not marker.exists()
     for name in ("raw.pth", "zip.pth"):
         with pytest.raises(CheckpointError, match="would run code") as err:
@@ -468,13 +457,13 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
         assert "write_text" in str(err.value) or "global" in str(err.value).lower()
         assert not marker.exists()
     # Training checkpoints often carry argparse namespaces: also refused, with the same advice.
-    torch.save({"model": _tiny_sd(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pth")
+    torch.save({"model": make_timm_sd(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pth")
     with pytest.raises(CheckpointError, match="save just the weights"):
         load_checkpoint(tmp_path / "args.pth")
 
 
-def test_sniffing_ignores_extensions(tmp_path: Path) -> None:
-    sd = _tiny_sd()
+def test_sniffing_ignores_extensions(tmp_path: Path, make_timm_sd) -> None:
+    sd = make_timm_sd()
     save_file(sd, tmp_path / "weights.bin")
     assert sniff_format(tmp_path / "weights.bin") == "safetensors"
     assert load_checkpoint(tmp_path / "weights.bin").cfg.embed_dim == 64
@@ -486,108 +475,10 @@ def test_sniffing_ignores_extensions(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Pretrained catalogue (never touches the network)
+# ImageNet class names
 
 
 def test_imagenet_class_names_asset() -> None:
     names = imagenet_class_names()
     assert len(names) == 1000 and len(set(names)) == 1000
     assert names[0] == "tench" and names[207] == "golden retriever" and names[999] == "toilet tissue"
-
-
-def test_catalogue_entries() -> None:
-    keys = [m.key for m in list_pretrained()]
-    assert keys == ["vit-b16", "vit-s16", "deit-tiny", "deit-small", "deit-small-distilled", "dino-vits16"]
-    assert get_pretrained("timm/deit_tiny_patch16_224.fb_in1k").key == "deit-tiny"
-    assert get_pretrained("VIT-B16").repo_id == "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
-    assert get_pretrained("vit-b16").mean == (0.5, 0.5, 0.5)  # AugReg ViTs: inception normalisation
-    assert get_pretrained("dino-vits16").num_classes == 0
-    with pytest.raises(CheckpointError, match="Known: vit-b16"):
-        get_pretrained("resnet50")
-
-
-@pytest.fixture
-def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv(pretrained_mod.MODELS_DIR_ENV, str(tmp_path / "models"))
-    cache = tmp_path / "hf_cache"
-    cache.mkdir()
-    return cache
-
-
-def test_offline_with_empty_cache_names_the_file_and_where_to_put_it(offline_cache: Path, tmp_path: Path) -> None:
-    assert not is_downloaded("deit-tiny", offline_cache)
-    for call in (
-        lambda: load_pretrained("deit-tiny", cache_dir=offline_cache),
-        lambda: load_pretrained("deit-tiny", cache_dir=offline_cache, download=True),
-        lambda: download_pretrained("deit-tiny", cache_dir=offline_cache, progress=lambda done, total: None),
-    ):
-        with pytest.raises(PretrainedNotAvailableError) as err:
-            call()
-        msg = str(err.value)
-        assert "https://huggingface.co/timm/deit_tiny_patch16_224.fb_in1k/resolve/main/model.safetensors" in msg
-        assert str(tmp_path / "models" / "deit_tiny_patch16_224.fb_in1k" / "model.safetensors") in msg
-    assert not any((offline_cache).iterdir())
-
-
-def _deit_tiny_sd() -> dict[str, torch.Tensor]:
-    return make_timm_state_dict(embed_dim=192, depth=12, patch_size=16, grid=(14, 14), num_classes=1000, scale=0.02)
-
-
-def test_load_pretrained_from_a_file_put_by_hand(offline_cache: Path, tmp_path: Path) -> None:
-    dest = pretrained_mod.manual_path("deit-tiny")
-    dest.parent.mkdir(parents=True)
-    save_file(_deit_tiny_sd(), dest)
-    assert is_downloaded("deit-tiny", offline_cache)
-    model = load_pretrained("deit-tiny", cache_dir=offline_cache)
-    assert model.cfg.num_heads == 3 and model.cfg.name.startswith("DeiT-tiny")
-    assert model.cfg.mean == (0.485, 0.456, 0.406) and model.class_names[1] == "goldfish"
-    assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
-    # The wrong model under the right name is caught.
-    save_file(_tiny_sd(embed_dim=192), dest)
-    with pytest.raises(CheckpointError, match="is not DeiT-tiny"):
-        load_pretrained("deit-tiny", cache_dir=offline_cache)
-    save_file(_tiny_sd(), dest)
-    with pytest.raises(CheckpointError, match="could not be loaded as DeiT-tiny.*Delete it"):
-        load_pretrained("deit-tiny", cache_dir=offline_cache)
-
-
-def test_load_pretrained_from_the_hub_cache_layout(offline_cache: Path) -> None:
-    """A file huggingface_hub downloaded earlier: models--timm--<name>/snapshots/<rev>/."""
-    repo = offline_cache / "models--timm--deit_tiny_patch16_224.fb_in1k"
-    rev = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(rev)
-    snap = repo / "snapshots" / rev
-    snap.mkdir(parents=True)
-    save_file(_deit_tiny_sd(), snap / "model.safetensors")
-    model = load_pretrained("deit-tiny", cache_dir=offline_cache)
-    assert model.cfg.num_heads == 3 and model.cfg.extra["repo_id"] == "timm/deit_tiny_patch16_224.fb_in1k"
-    # Without timm's config.json, the catalogue's preprocessing is used (AugReg ViTs: 0.5).
-    found = pretrained_mod.find_entry_for_path(
-        offline_cache
-        / "models--timm--vit_small_patch16_224.augreg_in21k_ft_in1k"
-        / "snapshots"
-        / rev
-        / "model.safetensors"
-    )
-    assert found is not None and found["timm_name"] == "vit_small_patch16_224.augreg_in21k_ft_in1k"
-    assert found["mean"] == (0.5, 0.5, 0.5) and found["crop_pct"] == 0.9
-
-
-def test_download_progress_reports_bytes() -> None:
-    seen: list[tuple[int, int | None]] = []
-    cls = pretrained_mod._progress_class(lambda done, total: seen.append((done, total)))
-    bar = cls(total=100, disable=True)
-    bar.update(30)
-    bar.update(70)
-    bar.close()
-    assert seen == [(0, 100), (30, 100), (100, 100)]
-    assert pretrained_mod._progress_class(None) is None
-
-    def broken(done: int, total: int | None) -> None:
-        raise TypeError("a display bug")
-
-    bar = pretrained_mod._progress_class(broken)(total=None, disable=True)
-    bar.update(10)  # the error stays in the callback
-    bar.close()

@@ -41,13 +41,11 @@ from safetensors.torch import save, save_file
 
 from tests._fault_servers import FaultServer, refused_url
 from tests._tiny_data import make_cifar_archive
-from tests.vit_reference import make_timm_state_dict
 from vit_core import (
     CheckpointError,
     DataError,
     ImageError,
     VisionTransformer,
-    ViTConfig,
     load_checkpoint,
     load_image,
     preprocess,
@@ -70,7 +68,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "PPM", "TGA"])
-def test_damaged_files_of_every_format_give_an_image_or_an_image_error(fmt):
+def test_damaged_files_of_every_format_give_an_image_or_an_image_error(fmt, make_config):
     """Random byte flips (in the header or anywhere) and truncations of a small valid file: each
     load either gives an RGB image the preprocessing takes, or raises ImageError; never another
     exception, which the upload widget would show as a traceback."""
@@ -78,7 +76,7 @@ def test_damaged_files_of_every_format_give_an_image_or_an_image_error(fmt):
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buf, format=fmt)
     data = buf.getvalue()
-    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, crop_pct=1.0)
+    cfg = make_config(crop_pct=1.0)
     outcomes = {"image": 0, "error": 0}
     for i in range(200):
         d = bytearray(data)
@@ -193,9 +191,9 @@ def test_pretrained_download_faults(hub_env, mode):
         P.load_pretrained("deit-tiny", hub_env)
 
 
-def test_pretrained_download_from_a_good_server_then_loads(hub_env):
+def test_pretrained_download_from_a_good_server_then_loads(hub_env, deit_tiny_state_dict):
     """The control for the faults above: the same client and server in "ok" mode give a working model."""
-    sd = make_timm_state_dict(embed_dim=192, depth=12, patch_size=16, grid=(14, 14), num_classes=1000, scale=0.02)
+    sd = deit_tiny_state_dict
     payload = save(sd)
     calls: list[tuple[int, int | None]] = []
     with FaultServer(payload, "ok", files={"config.json": None}) as srv:  # a Hub repo without timm's config
@@ -212,16 +210,19 @@ def test_pretrained_download_from_a_good_server_then_loads(hub_env):
 # A full disk on checkpoint save
 
 
-def _tiny_model(seed: int = 0, classes: int = 3) -> VisionTransformer:
-    torch.manual_seed(seed)
-    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=classes)
-    return VisionTransformer(cfg, [f"c{i}" for i in range(classes)]).eval()
+SMALL = dict(embed_dim=32, depth=2, num_classes=3)  # the tiny ViT (tests/conftest.py), two blocks, 3 classes
+NAMES = ["c0", "c1", "c2"]
 
 
-def test_full_disk_from_the_kernel_keeps_the_old_checkpoint(tmp_path):
+@pytest.fixture
+def tiny(make_vit) -> VisionTransformer:
+    return make_vit(0, NAMES, **SMALL)
+
+
+def test_full_disk_from_the_kernel_keeps_the_old_checkpoint(tmp_path, tiny):
     """The real writer, in a child process whose files may not grow past 64 KiB (RLIMIT_FSIZE):
     the kernel refuses the write half-way (EFBIG), as a full disk refuses it with ENOSPC."""
-    old = save_checkpoint(_tiny_model(0), tmp_path / "m.safetensors")
+    old = save_checkpoint(tiny, tmp_path / "m.safetensors")
     before = old.read_bytes()
     script = textwrap.dedent(
         f"""
@@ -248,8 +249,8 @@ def test_full_disk_from_the_kernel_keeps_the_old_checkpoint(tmp_path):
     assert load_checkpoint(old).cfg.embed_dim == 32
 
 
-def test_no_space_left_mid_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    old = save_checkpoint(_tiny_model(0), tmp_path / "m.safetensors")
+def test_no_space_left_mid_write_keeps_the_old_checkpoint(tmp_path, monkeypatch, tiny, make_vit):
+    old = save_checkpoint(tiny, tmp_path / "m.safetensors")
     before = old.read_bytes()
 
     def full_disk(tensors, filename, metadata=None):
@@ -259,7 +260,7 @@ def test_no_space_left_mid_write_keeps_the_old_checkpoint(tmp_path, monkeypatch)
 
     monkeypatch.setattr(ckpt_mod, "save_file", full_disk)
     with pytest.raises(CheckpointError, match="No space left on device. Free some disk space"):
-        save_checkpoint(_tiny_model(1), old)
+        save_checkpoint(make_vit(1, NAMES, **SMALL), old)
     assert old.read_bytes() == before and _leftovers(tmp_path) == ["m.safetensors"]
 
 
@@ -272,11 +273,11 @@ def _header_len(path: Path) -> int:
 
 
 @pytest.mark.parametrize("kind", ["own.safetensors", "state_dict.pth"])
-def test_damaged_checkpoints_give_a_model_or_a_checkpoint_error(tmp_path, kind):
+def test_damaged_checkpoints_give_a_model_or_a_checkpoint_error(tmp_path, kind, tiny):
     """Byte flips in the header / zip directory or anywhere, and truncations: load_checkpoint gives
     a working model or a CheckpointError, never another exception (the sidebar shows only those)."""
     rng = np.random.default_rng(3)
-    model = _tiny_model(0)
+    model = tiny
     if kind.endswith(".pth"):
         torch.save(model.state_dict(), tmp_path / "src")
     else:
@@ -301,11 +302,11 @@ def test_damaged_checkpoints_give_a_model_or_a_checkpoint_error(tmp_path, kind):
     assert loaded < 300  # the damage was real
 
 
-def test_own_checkpoint_whose_header_length_starts_like_a_pickle(tmp_path):
+def test_own_checkpoint_whose_header_length_starts_like_a_pickle(tmp_path, tiny):
     """A safetensors header of 128 + 256k bytes begins with 0x80, a pickle's first byte: the file
     must still be read as safetensors with its metadata (config, class names), not through
     torch.load, which reads the tensors and silently drops the metadata."""
-    model = _tiny_model(0)
+    model = tiny
     path = tmp_path / "m.safetensors"
     for pad in range(300):
         save_checkpoint(model, path, extra={"note": "x" * pad})
@@ -319,8 +320,8 @@ def test_own_checkpoint_whose_header_length_starts_like_a_pickle(tmp_path):
     torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
-def _with_meta(tmp_path: Path, name: str, config: object, class_names: object = None) -> Path:
-    model = _tiny_model(0)
+def _with_meta(tmp_path: Path, name: str, model: VisionTransformer, config: object, class_names: object = None) -> Path:
+    """`model`'s weights with metadata that says `config` and `class_names`."""
     meta = {"format": ckpt_mod.FORMAT_TAG, "config": config if isinstance(config, str) else json.dumps(config)}
     if class_names is not None:
         meta["class_names"] = json.dumps(class_names)
@@ -344,30 +345,30 @@ def _with_meta(tmp_path: Path, name: str, config: object, class_names: object = 
         ({"img_size": [64, 64]}, "64x64 needs 65 position embeddings but the weights have 17"),
     ],
 )
-def test_own_config_that_disagrees_with_its_weights(tmp_path, change, message):
-    cfg = {**_tiny_model(0).cfg.to_dict(), **change}
+def test_own_config_that_disagrees_with_its_weights(tmp_path, change, message, tiny):
+    cfg = {**tiny.cfg.to_dict(), **change}
     path = _with_meta(
-        tmp_path, "m.safetensors", cfg, [f"c{i}" for i in range(3)] if "num_classes" not in change else None
+        tmp_path, "m.safetensors", tiny, cfg, [f"c{i}" for i in range(3)] if "num_classes" not in change else None
     )
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
 
 
-def test_class_names_that_disagree_with_the_head(tmp_path):
-    cfg = _tiny_model(0).cfg.to_dict()
+def test_class_names_that_disagree_with_the_head(tmp_path, tiny):
+    cfg = tiny.cfg.to_dict()
     with pytest.raises(CheckpointError, match="2 class names but the config has 3 classes"):
-        load_checkpoint(_with_meta(tmp_path, "a.safetensors", cfg, ["cat", "dog"]))
+        load_checkpoint(_with_meta(tmp_path, "a.safetensors", tiny, cfg, ["cat", "dog"]))
     with pytest.raises(CheckpointError, match="class names are not a list"):
-        load_checkpoint(_with_meta(tmp_path, "b.safetensors", cfg, {"0": "cat"}))
-    m = load_checkpoint(_with_meta(tmp_path, "c.safetensors", cfg, [7, 8, 9]))  # numbers become names
+        load_checkpoint(_with_meta(tmp_path, "b.safetensors", tiny, cfg, {"0": "cat"}))
+    m = load_checkpoint(_with_meta(tmp_path, "c.safetensors", tiny, cfg, [7, 8, 9]))  # numbers become names
     assert m.class_names == ["7", "8", "9"]
 
 
-def test_a_config_claiming_a_huge_model_is_refused_before_allocating_it(tmp_path, monkeypatch):
+def test_a_config_claiming_a_huge_model_is_refused_before_allocating_it(tmp_path, monkeypatch, tiny):
     """A 17-token, 2-block file whose config says 64 blocks of width 16384 (about 800 GB of
     weights): refused by comparing shapes on the meta device, never allocated."""
-    cfg = {**_tiny_model(0).cfg.to_dict(), "embed_dim": 16384, "num_heads": 128, "depth": 64}
-    path = _with_meta(tmp_path, "huge.safetensors", cfg, ["a", "b", "c"])
+    cfg = {**tiny.cfg.to_dict(), "embed_dim": 16384, "num_heads": 128, "depth": 64}
+    path = _with_meta(tmp_path, "huge.safetensors", tiny, cfg, ["a", "b", "c"])
     allocated: list[str] = []
     to_empty = torch.nn.Module.to_empty
     monkeypatch.setattr(torch.nn.Module, "to_empty", lambda self, **kw: allocated.append("!") or to_empty(self, **kw))

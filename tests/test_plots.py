@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import vit_plots as vp
-from vit_core import VisionTransformer, ViTConfig
 from vit_core import analysis as A
 from vit_plots._base import named_colorscale, patch_centres, to_uint8
 
@@ -33,12 +32,10 @@ def trace_of(fig: go.Figure, kind: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def vit():
+def vit(make_vit):
     """A tiny random ViT on a non-square 3x4 grid, its input and its trace."""
-    torch.manual_seed(0)
-    cfg = ViTConfig(img_size=(12, 16), patch_size=4, num_classes=5, embed_dim=16, depth=3, num_heads=2, mlp_ratio=2.0)
-    model = VisionTransformer(cfg).eval()
-    x = torch.randn(1, 3, 12, 16)
+    model = make_vit(img_size=(12, 16), patch_size=4, num_classes=5, depth=3, mlp_ratio=2.0)
+    x = torch.randn(1, 3, 12, 16, generator=torch.Generator().manual_seed(0))
     return model, x, model.trace(x)
 
 

@@ -27,13 +27,22 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from vit_core import CIFAR10_MEAN, CIFAR10_STD, CheckpointError, VisionTransformer, ViTConfig, describe, load_checkpoint
+from vit_core import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CheckpointError,
+    VisionTransformer,
+    ViTConfig,
+    describe,
+    load_checkpoint,
+)
+from vit_core.pretrained import download_pretrained, get_pretrained, is_downloaded, list_pretrained, load_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_PATH = ROOT / "assets" / "vit_cifar10.safetensors"
 RUNS_DIR = ROOT / "runs"
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "vit-explorer-uploads"
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # session_state keys
 CHOICE = "model_choice"  # the selected model key (see the module docstring): the source of truth
@@ -85,11 +94,6 @@ def session_models() -> dict[str, VisionTransformer]:
     return {name: sm.model for name, sm in st.session_state.get(_SESSION_MODELS, {}).items()}
 
 
-def select_model(key: str) -> None:
-    """Select a model key from the next time the picker is drawn."""
-    st.session_state[_PENDING] = key
-
-
 # ---- loading (cached once per process; the weights are shared read-only by sessions) ----
 
 
@@ -121,48 +125,29 @@ def untrained_cifar_model() -> VisionTransformer:
     return model.eval()
 
 
-def _pretrained_module():
-    try:
-        from vit_core import pretrained
-    except ImportError:
-        return None
-    return pretrained
-
-
 @st.cache_resource(max_entries=2, show_spinner="Loading the pretrained model...")
 def _load_pretrained(name: str) -> VisionTransformer:
-    pretrained = _pretrained_module()
-    if pretrained is None:
-        raise CheckpointError("The pretrained catalogue is not available in this installation.")
-    return pretrained.load_pretrained(name).eval()
+    return load_pretrained(name).eval()
 
 
 def pretrained_catalogue() -> dict[str, str]:
-    """Catalogue key -> menu label (title and download size); empty when the catalogue is not installed."""
-    pretrained = _pretrained_module()
-    if pretrained is None:
-        return {}
-    return {m.key: f"{m.title} ({m.download_mb:.0f} MB)" for m in pretrained.list_pretrained()}
+    """Catalogue key -> menu label (title and download size)."""
+    return {m.key: f"{m.title} ({m.download_mb:.0f} MB)" for m in list_pretrained()}
 
 
 def pretrained_about(name: str) -> str:
     """One line on a catalogue model."""
-    pretrained = _pretrained_module()
     try:
-        return pretrained.get_pretrained(name).about if pretrained else ""
+        return get_pretrained(name).about
     except CheckpointError:
         return ""
 
 
 def pretrained_is_downloaded(name: str) -> bool:
     """Whether a catalogue entry is already on disk (loading it then needs no network)."""
-    pretrained = _pretrained_module()
-    check = getattr(pretrained, "is_downloaded", None) if pretrained else None
-    if check is None:
-        return False
     try:
-        return bool(check(name))
-    except Exception:  # a catalogue probe must never break the sidebar
+        return is_downloaded(name)
+    except Exception:  # a look into the download cache must never break the sidebar
         return False
 
 
@@ -360,16 +345,13 @@ def _read_accuracy(path: str, mtime: float) -> float | None:
 
 def _more_models() -> None:
     catalogue = pretrained_catalogue()
-    if catalogue:
-        name = st.selectbox(
-            "Pretrained catalogue", list(catalogue), format_func=lambda n: catalogue[n], key="pretrained_name"
-        )
-        st.caption(pretrained_about(name))
-        have = pretrained_is_downloaded(name)
-        if st.button("Use it" if have else "Download and use", key="pretrained_go"):
-            _download_and_select(name, have)
-    else:
-        st.caption("The pretrained catalogue is not available in this installation.")
+    name = st.selectbox(
+        "Pretrained catalogue", list(catalogue), format_func=lambda n: catalogue[n], key="pretrained_name"
+    )
+    st.caption(pretrained_about(name))
+    have = pretrained_is_downloaded(name)
+    if st.button("Use it" if have else "Download and use", key="pretrained_go"):
+        _download_and_select(name, have)
     st.file_uploader(
         "Upload a checkpoint (.safetensors, .pth, .bin)",
         type=["safetensors", "pth", "pt", "bin"],
@@ -382,8 +364,7 @@ def _more_models() -> None:
 
 
 def _download_and_select(name: str, have: bool) -> None:
-    pretrained = _pretrained_module()
-    if not have and pretrained is not None and hasattr(pretrained, "download_pretrained"):
+    if not have:
         bar = st.progress(0.0, text=f"Downloading {name}...")
 
         def progress(done: int, total: int | None) -> None:
@@ -392,7 +373,7 @@ def _download_and_select(name: str, have: bool) -> None:
             bar.progress(min(max(frac, 0.0), 1.0), text=f"Downloading {name}: {done / 2**20:.0f} / {size}")
 
         try:
-            pretrained.download_pretrained(name, progress=progress)
+            download_pretrained(name, progress=progress)
         except Exception as e:  # no network, a proxy, a full disk: say so, keep the app going
             bar.empty()
             st.error(f"Could not download {name}. {str(e)[:700]}")  # the end says where to put the file by hand

@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .catalogue import entry_for_path
 from .config import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from .errors import CheckpointError
+from .fileio import atomic_write
 from .model import VisionTransformer
 
 FORMAT_TAG = "vit-explorer/1"
@@ -82,32 +83,16 @@ def save_checkpoint(model: VisionTransformer, path: str | os.PathLike, extra: di
     if extra:
         meta["extra"] = json.dumps(extra)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    writing = False  # False: the folder or the temporary file could not be made
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"Could not write {path}: {e.strerror or e}. Choose another folder.") from None
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            writing = True
+            save_file(tensors, str(tmp), metadata=meta)
     except (OSError, SafetensorError) as e:  # safetensors reports a full disk as a SafetensorError
-        _remove_quietly(tmp)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise CheckpointError(
-            f"Could not write {path}: {reason}. Free some disk space or choose another folder."
-        ) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+        advice = "Free some disk space or choose another folder." if writing else "Choose another folder."
+        raise CheckpointError(f"Could not write {path}: {reason}. {advice}") from None
     return path
-
-
-def _remove_quietly(p: str | os.PathLike) -> None:
-    try:
-        os.remove(p)
-    except OSError:
-        pass
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -574,9 +559,9 @@ def _load_timm(
     pretrained = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
     model_args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
     name = str(config.get("architecture") or "") or None
-    catalogue = _catalogue_preprocessing(weights)
-    if name is None and catalogue:
-        name = catalogue.get("timm_name")
+    entry = entry_for_path(weights)  # a catalogue model: its preprocessing, unless config.json says otherwise
+    if name is None and entry is not None:
+        name = entry.timm_name
     heads = num_heads if num_heads is not None else model_args.get("num_heads")
     if (
         img_size is None
@@ -589,11 +574,7 @@ def _load_timm(
     cfg = config_from_timm_state_dict(
         tensors, heads, img_size, model_name=name or weights.name, global_pool=config.get("global_pool")
     )
-    prep: dict[str, Any] = {}
-    if catalogue:
-        prep.update(
-            {k: catalogue[k] for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode") if k in catalogue}
-        )
+    prep = entry.preprocessing() if entry is not None else {}
     prep.update(_timm_preprocessing(pretrained))
     cfg = _with(cfg, **prep)
     if cfg.num_classes and config.get("num_classes") not in (None, cfg.num_classes):
@@ -654,13 +635,6 @@ def _timm_class_names(label_names: Any, num_classes: int, source: str, descripti
     if num_classes == 1000:
         return imagenet_class_names()
     return None
-
-
-def _catalogue_preprocessing(weights: Path) -> dict[str, Any] | None:
-    """The catalogue entry whose timm name appears in the file's or folder's name, if any."""
-    from .pretrained import find_entry_for_path  # lazy: pretrained imports this module
-
-    return find_entry_for_path(weights)
 
 
 def _display_name(name: str | None, weights: Path) -> str:

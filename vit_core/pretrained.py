@@ -1,4 +1,4 @@
-"""Pretrained ImageNet ViTs by name: a small catalogue of timm's Hugging Face Hub repositories.
+"""Pretrained ImageNet ViTs by name: find, download and load the models of `vit_core.catalogue`.
 
 Nothing is downloaded unless `download_pretrained` (or `load_pretrained(..., download=True)`)
 is called. Weights go to the user's Hugging Face cache; a file can also be put by hand in
@@ -12,15 +12,29 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .catalogue import CATALOGUE, PretrainedModel, get_pretrained, list_pretrained
 from .checkpoints import load_checkpoint
-from .config import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError
 from .model import VisionTransformer
+
+__all__ = [  # the catalogue's names too: callers find everything pretrained here
+    "CATALOGUE",
+    "MODELS_DIR_ENV",
+    "PretrainedModel",
+    "PretrainedNotAvailableError",
+    "download_pretrained",
+    "get_pretrained",
+    "is_downloaded",
+    "list_pretrained",
+    "load_pretrained",
+    "local_path",
+    "manual_path",
+    "models_dir",
+]
 
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes done, bytes in all or None)
 MODELS_DIR_ENV = "VIT_EXPLORER_MODELS"
@@ -29,151 +43,6 @@ STALL_TIMEOUT_S = 60.0  # a download with no progress for this long is given up
 
 class PretrainedNotAvailableError(CheckpointError):
     """A catalogue model that is neither on this computer nor downloadable right now."""
-
-
-@dataclass(frozen=True)
-class PretrainedModel:
-    """One downloadable ViT; preprocessing and sizes as timm's `pretrained_cfg` gives them."""
-
-    key: str  # short id used in code and URLs, e.g. "vit-b16"
-    title: str  # for menus
-    timm_name: str  # timm's `architecture.tag`; the Hub repo is timm/<timm_name>
-    embed_dim: int  # D, checked against the file
-    depth: int  # L, checked against the file
-    num_heads: int  # heads per layer (a timm state dict does not record them)
-    num_classes: int  # 1000 for ImageNet-1k classifiers, 0 for a self-supervised backbone
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    download_mb: float  # size of model.safetensors
-    about: str  # one line on what it is and how it was trained
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.9
-    crop_mode: str = "center"
-    filename: str = "model.safetensors"
-    revision: str | None = None  # a Hub commit to pin; None follows main
-
-    @property
-    def repo_id(self) -> str:
-        return f"timm/{self.timm_name}"
-
-    @property
-    def url(self) -> str:
-        return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision or 'main'}/{self.filename}"
-
-    def preprocessing(self) -> dict[str, Any]:
-        """The `ViTConfig` preprocessing fields of this model."""
-        return {
-            "mean": self.mean,
-            "std": self.std,
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-            "crop_mode": self.crop_mode,
-        }
-
-
-# Repositories and preprocessing from timm's default_cfgs (timm/models/vision_transformer.py,
-# deit.py): the AugReg ViTs use mean = std = 0.5, DeiT and DINO ImageNet's mean and std.
-CATALOGUE: dict[str, PretrainedModel] = {
-    m.key: m
-    for m in (
-        PretrainedModel(
-            key="vit-b16",
-            title="ViT-B/16 (AugReg2, ImageNet-21k -> 1k)",
-            timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k",
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            num_classes=1000,
-            mean=IMAGENET_INCEPTION_MEAN,
-            std=IMAGENET_INCEPTION_STD,
-            download_mb=346,
-            about="The ViT paper's base model, pretrained on ImageNet-21k and fine-tuned on ImageNet-1k.",
-        ),
-        PretrainedModel(
-            key="vit-s16",
-            title="ViT-S/16 (AugReg, ImageNet-21k -> 1k)",
-            timm_name="vit_small_patch16_224.augreg_in21k_ft_in1k",
-            embed_dim=384,
-            depth=12,
-            num_heads=6,
-            num_classes=1000,
-            mean=IMAGENET_INCEPTION_MEAN,
-            std=IMAGENET_INCEPTION_STD,
-            download_mb=88,
-            about="A small ViT from 'How to train your ViT?' (AugReg), ImageNet-21k then ImageNet-1k.",
-        ),
-        PretrainedModel(
-            key="deit-tiny",
-            title="DeiT-tiny/16 (ImageNet-1k)",
-            timm_name="deit_tiny_patch16_224.fb_in1k",
-            embed_dim=192,
-            depth=12,
-            num_heads=3,
-            num_classes=1000,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            download_mb=23,
-            about="Data-efficient image transformer, trained on ImageNet-1k only; the fastest here.",
-        ),
-        PretrainedModel(
-            key="deit-small",
-            title="DeiT-small/16 (ImageNet-1k)",
-            timm_name="deit_small_patch16_224.fb_in1k",
-            embed_dim=384,
-            depth=12,
-            num_heads=6,
-            num_classes=1000,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            download_mb=88,
-            about="DeiT at ViT-S size, trained on ImageNet-1k only.",
-        ),
-        PretrainedModel(
-            key="deit-small-distilled",
-            title="DeiT-small/16 distilled (ImageNet-1k)",
-            timm_name="deit_small_distilled_patch16_224.fb_in1k",
-            embed_dim=384,
-            depth=12,
-            num_heads=6,
-            num_classes=1000,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            download_mb=89,
-            about="DeiT-small with a distillation token learned from a CNN teacher; two heads averaged.",
-        ),
-        PretrainedModel(
-            key="dino-vits16",
-            title="DINO ViT-S/16 (self-supervised, no classifier)",
-            timm_name="vit_small_patch16_224.dino",
-            embed_dim=384,
-            depth=12,
-            num_heads=6,
-            num_classes=0,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            download_mb=87,
-            about="Self-supervised DINO backbone: striking attention maps, features instead of class scores.",
-        ),
-    )
-}
-
-
-def list_pretrained() -> list[PretrainedModel]:
-    """Every catalogue entry, in menu order."""
-    return list(CATALOGUE.values())
-
-
-def get_pretrained(name: str) -> PretrainedModel:
-    """The entry for a key ("vit-b16"), a timm name, a repo id ("timm/...") or a title.
-
-    Raises:
-        CheckpointError: no such model; the message lists the known keys.
-    """
-    wanted = name.strip().lower()
-    for m in CATALOGUE.values():
-        if wanted in (m.key, m.timm_name.lower(), m.repo_id.lower(), m.title.lower()):
-            return m
-    raise CheckpointError(f"No pretrained model called {name!r}. Known: {', '.join(CATALOGUE)}.")
 
 
 def models_dir() -> Path:
@@ -311,6 +180,9 @@ def load_pretrained(
 ) -> VisionTransformer:
     """A catalogue model, ready (eval mode), from this computer; offline first.
 
+    The loader sets the preprocessing and checks it: from timm's config.json beside the file,
+    else from the catalogue entry that the file's path names (`catalogue.entry_for_path`).
+
     Args:
         name: a catalogue key, timm name or title.
         cache_dir: a Hugging Face cache folder; None uses the user's default cache.
@@ -338,23 +210,9 @@ def load_pretrained(
             f"{path} is not {m.title}: it has width {cfg.embed_dim}, {cfg.depth} blocks and {cfg.num_classes} "
             f"classes, expected {m.embed_dim}, {m.depth} and {m.num_classes}. Delete it and download again."
         )
-    if not (path.parent / "config.json").is_file():
-        for field, value in m.preprocessing().items():
-            setattr(cfg, field, value)
     cfg.name = m.title
     cfg.extra = {**cfg.extra, "pretrained": m.key, "repo_id": m.repo_id}
     return model
-
-
-def find_entry_for_path(path: str | os.PathLike) -> dict[str, Any] | None:
-    """Preprocessing and timm name of the catalogue model whose timm name is in `path`
-    (a by-hand folder, a Hub cache folder `models--timm--<name>`, or a file name)."""
-    text = str(path)
-    hits = [m for m in CATALOGUE.values() if m.timm_name in text]
-    if not hits:
-        return None
-    m = max(hits, key=lambda e: len(e.timm_name))
-    return {"timm_name": m.timm_name, **m.preprocessing()}
 
 
 def _offline() -> bool:
