@@ -78,7 +78,7 @@ def _traces(model: VisionTransformer, images: Tensor, batch_size: int) -> Iterat
 
 
 # Each measure gives the sum over a batch's images; `_image_means` divides by the image count.
-BatchSum = Callable[[ViTTrace, slice], Tensor]
+BatchSum = Callable[["ViTTrace", slice], Tensor]
 
 
 def _mad_sum(t: ViTTrace, rows: slice) -> Tensor:
