@@ -9,7 +9,7 @@ Six maps, as the lab shows them: last-layer CLS attention (mean of heads), rollo
 class-specific map (Chefer), occlusion sensitivity (one forward per patch), input x gradient,
 and a random ranking. Their computation is timed apart from the curves.
 
-Run:  python benchmarks/bench_faithfulness.py [--data CIFAR10_PATH] [--images 1000] [--reps 3]
+Run:  python benchmarks/bench_faithfulness.py [--data cifar-10-batches-py/] [--images 1000] [--reps 3]
                                               [--threads N] [--vit-b] [--vit-b-images 4]
 """
 
@@ -67,11 +67,16 @@ def six_maps(model: VisionTransformer, x: torch.Tensor, target: int) -> tuple[li
 
 def labelled_images(model: VisionTransformer, data: str | None, count: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """`count` preprocessed images with labels: CIFAR-10 test images, or synthetic noise."""
-    from vit_core.data import load_cifar10, normalize_batch
+    from vit_core.data import load_cifar10_batches
+
+    try:
+        from vit_core.batches import normalize_batch
+    except ImportError:  # before batching moved out of vit_core.data
+        from vit_core.data import normalize_batch
 
     cfg = model.cfg
     if data:
-        ds = load_cifar10(data, split="test")
+        ds = load_cifar10_batches(data, split="test")
         images, labels = ds.images[:count], ds.labels[:count]
         if tuple(images.shape[-2:]) != tuple(cfg.img_size):
             raise SystemExit(f"the data's images are {tuple(images.shape[-2:])}, the model wants {cfg.img_size}")
@@ -157,7 +162,7 @@ def report(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="CIFAR-10 (archive, extracted folder or image folder); default synthetic noise")
+    ap.add_argument("--data", help="the extracted CIFAR-10 folder cifar-10-batches-py/; default synthetic noise images")
     ap.add_argument("--images", type=int, default=1000, help="images for head importance (bundled model)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per timing (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
