@@ -41,8 +41,9 @@ def position_structure_score(similarity: Tensor, grid: tuple[int, int]) -> float
         grid: (gh, gw), n = gh * gw; at least two patches.
 
     Returns:
-        The score: near 0 for random or absent (all-zero) embeddings, up to 2 when neighbours are
-        identical and everything else opposite; a 1x1 grid has no pairs and gives NaN.
+        The score (a cosine difference): near 0 for random embeddings and exactly 0 for absent
+        (all-zero) ones; positive, and growing as training goes on, when neighbouring positions
+        are more alike than positions in general. NaN for a grid with no neighbour pair (1x1).
     """
     gh, gw = int(grid[0]), int(grid[1])
     n = gh * gw
