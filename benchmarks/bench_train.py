@@ -35,8 +35,9 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vit_core.batches import augment_batch, mix_batch, normalize_batch  # noqa: E402
 from vit_core.config import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from vit_core.data import ImageDataset, augment_batch, mix_batch, normalize_batch  # noqa: E402
+from vit_core.data import ImageDataset  # noqa: E402
 from vit_core.model import VisionTransformer  # noqa: E402
 from vit_core.train import PRESETS, TrainConfig, param_groups  # noqa: E402
 

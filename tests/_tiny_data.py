@@ -17,9 +17,15 @@ COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
 
 
 def make_image_folder(
-    root: Path, classes: int = 3, train_per_class: int = 24, test_per_class: int = 8, size: int = 32, seed: int = 0
+    root: Path,
+    classes: int = 3,
+    train_per_class: int = 24,
+    test_per_class: int = 8,
+    size: int = 32,
+    seed: int = 0,
+    fmt: str = "png",
 ) -> Path:
-    """`root/{train,test}/class<k>/NNN.png`: noisy images of one colour per class (easy to learn)."""
+    """`root/{train,test}/class<k>/NNN.png` (or .jpg): noisy images of one colour per class (easy to learn)."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", train_per_class), ("test", test_per_class)):
         for c in range(classes):
@@ -27,7 +33,7 @@ def make_image_folder(
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 a = np.clip(rng.normal(0, 40, (size, size, 3)) + np.array(COLOURS[c % len(COLOURS)]), 0, 255)
-                Image.fromarray(a.astype(np.uint8)).save(d / f"{i:03d}.png")
+                Image.fromarray(a.astype(np.uint8)).save(d / f"{i:03d}.{fmt}")
     return root
 
 
@@ -47,6 +53,15 @@ def tiny_config(**changes) -> TrainConfig:
         name="tiny",
     )
     return cfg.replace(**changes)
+
+
+def make_jpeg_archive(path: Path, **folder_args) -> Path:
+    """A .tar.gz laid out like the offline CIFAR-10 copy: `train/<class>/*.jpg` and `test/<class>/*.jpg` at the top."""
+    folder = make_image_folder(path.parent / (path.name + ".src"), fmt="jpg", **folder_args)
+    with tarfile.open(path, "w:gz") as tf:
+        for split in ("train", "test"):
+            tf.add(folder / split, arcname=split)
+    return path
 
 
 def make_cifar_archive(path: Path, per_batch: int = 20, n_test: int = 20, seed: int = 0) -> Path:

@@ -17,25 +17,16 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from tests._tiny_data import make_cifar_archive, make_image_folder, tiny_config, wait_for
+from tests._tiny_data import make_cifar_archive, make_image_folder, make_jpeg_archive, tiny_config, wait_for
 from vit_core import analysis as A
-from vit_core import load_checkpoint, runs
+from vit_core import fetch, load_checkpoint, runs, sources
+from vit_core.costs import estimate_seconds, measure_seconds_per_image, model_size
+from vit_core.download_job import DownloadJob
 from vit_core.errors import DataError
 from vit_core.model import VisionTransformer
-from vit_core.runs import (
-    DataSource,
-    DownloadJob,
-    RunLimitError,
-    TrainingRun,
-    active_runs,
-    estimate_seconds,
-    inspect_source,
-    load_source,
-    measure_seconds_per_image,
-    missing_data_help,
-    model_size,
-    take_snapshot,
-)
+from vit_core.runs import RunLimitError, TrainingRun, active_runs
+from vit_core.snapshots import take_snapshot
+from vit_core.sources import DataSource, inspect_source, load_source, missing_data_help
 from vit_plots.training import confusion_figure, ema, per_class_figure, training_curves_figure
 
 
@@ -383,8 +374,7 @@ def test_an_official_format_archive_is_checked_against_the_published_md5(env, mo
     archive = make_cifar_archive(env / "cifar-10-python.tar.gz")
     with pytest.raises(DataError, match="MD5"):
         load_source(DataSource("path", str(archive)))  # not the real file: refused
-    monkeypatch.setattr(runs, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
-    monkeypatch.setattr("vit_core.data.CIFAR10_MD5", runs.CIFAR10_MD5)
+    monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     train, test = load_source(DataSource("path", str(archive)))
     assert len(train) == 100 and len(test) == 20 and train.class_names[3] == "cat"
 
@@ -398,7 +388,7 @@ def test_download_job_reports_progress_unpacks_and_can_fail(env, monkeypatch):
     status, _, _, msg = bad.view()
     assert status == "failed" and "MD5" in msg and not (cache / "cifar-10-python.tar.gz").exists()
 
-    monkeypatch.setattr("vit_core.data.CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr("vit_core.fetch.CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     seen = []
     job = DownloadJob(cache_dir=cache, url=archive.as_uri())
     progress = job._progress
@@ -408,7 +398,7 @@ def test_download_job_reports_progress_unpacks_and_can_fail(env, monkeypatch):
     status, done, total, msg = job.view()
     assert status == "done", msg
     assert done == total == archive.stat().st_size and seen[-1] == (total, total)
-    assert runs.cifar10_cached(cache) == cache / "cifar-10-batches-py"
+    assert sources.cifar10_cached(cache) == cache / "cifar-10-batches-py"
 
     unreachable = DownloadJob(cache_dir=env / "dl2", url="http://127.0.0.1:9/cifar-10-python.tar.gz")
     unreachable.start()
@@ -473,3 +463,19 @@ def test_the_run_manager_does_not_import_streamlit():
         if re.search(r"^\s*(import|from)\s+streamlit", p.read_text(), flags=re.M)
     ]
     assert offenders == []
+
+
+def test_a_tarred_jpeg_image_folder_trains_in_the_app(env):
+    """The offline copy's layout (train/ and test/ at the top of a .tar.gz): inspected, unpacked, trained on."""
+    archive = make_jpeg_archive(env / "jpeg.tar.gz")
+    source = DataSource("path", str(archive))
+    assert inspect_source(source).description.startswith("archive jpeg.tar.gz")
+    train, test = load_source(source)
+    assert (len(train), len(test), train.class_names) == (72, 24, ["class0", "class1", "class2"])
+    assert test.class_names == train.class_names and "archives" in train.source
+    run = TrainingRun(tiny_config(epochs=1), source)
+    run.start()
+    assert run.join(60)
+    v = run.view()
+    assert v.status == "finished", v.message
+    assert v.train_size == 72 and v.final is not None and sum(map(sum, v.final.confusion)) == 24

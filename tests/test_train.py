@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,18 +19,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vit_core import load_checkpoint
-from vit_core.data import ImageDataset, augment_batch, mix_batch, normalize_batch
+from vit_core.batches import augment_batch, mix_batch, normalize_batch
+from vit_core.cli import main
+from vit_core.data import ImageDataset
 from vit_core.errors import CheckpointError
-from vit_core.train import (
-    PRESETS,
-    TrainConfig,
-    Trainer,
-    export_run,
-    exported_accuracy,
-    lr_at,
-    main,
-    misclassified,
-)
+from vit_core.evaluation import misclassified
+from vit_core.export import export_run, exported_accuracy
+from vit_core.train import PRESETS, TrainConfig, Trainer, lr_at
 
 CLASSES = ["red", "green", "blue", "grey"]
 
@@ -330,7 +327,7 @@ def test_cli_writes_checkpoint_and_metrics_and_resumes(tmp_path: Path, capsys: p
 
 
 def test_thread_tuner_keeps_the_faster_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vit_core.train as T
+    import vit_core.cli as T
 
     tuner = T.ThreadTuner(period=10, probe=3)
     if len(tuner.options) < 2:
@@ -349,3 +346,28 @@ def test_thread_tuner_keeps_the_faster_setting(monkeypatch: pytest.MonkeyPatch) 
         assert switches and switches[0].startswith(f"threads {many} -> 1")
     finally:
         torch.set_num_threads(1)
+
+
+def test_cli_trains_on_a_tarred_jpeg_image_folder(tmp_path: Path) -> None:
+    """`python -m vit_core.train --data <tar of train/ and test/ JPEG folders>`: unpacked, not MD5-checked as CIFAR-10."""
+    from tests._tiny_data import make_jpeg_archive
+
+    archive = make_jpeg_archive(tmp_path / "jpeg.tar.gz", classes=2, train_per_class=8, test_per_class=4, size=8)
+    out = tmp_path / "run"
+    args = ["--data", str(archive), "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-bar"]
+    shape = ["--img-size", "8", "--patch-size", "4", "--embed-dim", "16", "--depth", "1", "--num-heads", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "vit_core.train", *args, *shape, "--epochs", "1", "--batch-size", "8", "--threads", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["status"] == "finished" and doc["step"] == 2 and len(doc["final"]["confusion"]) == 2
+    assert load_checkpoint(out / "model.safetensors").class_names == ["class0", "class1"]
+    assert len(list((tmp_path / "cache" / "archives").iterdir())) == 1  # unpacked once into the cache
+    # the same archive for --export-only: the test split comes from it too
+    assert main([*args, "--export-only", "--export", str(tmp_path / "x.safetensors")]) == 0
+    assert json.loads((tmp_path / "x.metrics.json").read_text())["test_images"] == 8

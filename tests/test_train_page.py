@@ -19,8 +19,9 @@ from streamlit.runtime.caching import clear_session_resource_cache
 from streamlit.testing.v1 import AppTest
 
 from tests._tiny_data import make_cifar_archive, make_image_folder, wait_for
-from vit_core import runs
-from vit_core.runs import active_runs, model_size
+from vit_core import download_job, runs
+from vit_core.costs import model_size
+from vit_core.runs import active_runs
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/7_train.py"
@@ -238,7 +239,7 @@ def test_bad_settings_disable_start(tiny):
 def test_no_local_data_says_what_to_fetch_and_downloads_only_on_click(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("VIT_EXPLORER_DATA", str(cache))  # does not exist yet
-    monkeypatch.setattr("ui.training.ROOT", tmp_path)  # no ./data/cifar10 either
+    monkeypatch.setattr("ui.training.data_picker.ROOT", tmp_path)  # no ./data/cifar10 either
     at = open_page()
     assert at.radio(key="train_source").value == "path" and at.text_input(key="train_path").value == ""
     info = texts(at, "info")
@@ -255,8 +256,8 @@ def test_no_local_data_says_what_to_fetch_and_downloads_only_on_click(tmp_path, 
     assert not cache.exists()
 
     archive = make_cifar_archive(tmp_path / "mirror" / "cifar-10-python.tar.gz")
-    monkeypatch.setattr(runs, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr("vit_core.data.CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(download_job, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr("vit_core.fetch.CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     at.button(key="train_download_go").click().run()
     job = at.session_state["train_download"]
     assert job.join(30) and job.view()[0] == "done", job.view()
@@ -268,7 +269,7 @@ def test_no_local_data_says_what_to_fetch_and_downloads_only_on_click(tmp_path, 
 
 def test_use_this_model_after_the_app_modules_were_reloaded(tiny, monkeypatch):
     """Streamlit re-imports edited modules: a run started before holds a model of the old class."""
-    import ui.training
+    import ui.training.lease
     from vit_core.model import VisionTransformer
 
     class Reloaded(VisionTransformer):  # stands for the class of a re-imported vit_core.model
@@ -280,7 +281,7 @@ def test_use_this_model_after_the_app_modules_were_reloaded(tiny, monkeypatch):
     run = at.session_state["train_run"]
     assert run.join(60)
     poll(at, lambda: bool(at.success), what="the results")
-    monkeypatch.setattr(ui.training, "VisionTransformer", Reloaded)
+    monkeypatch.setattr(ui.training.lease, "VisionTransformer", Reloaded)
     at.button(key="train_use").click().run()
     assert not at.exception, [e.message for e in at.exception]
     name = at.session_state["_train_used"]

@@ -2,6 +2,7 @@
 
 from .checkpoints import imagenet_class_names, infer_num_heads, load_checkpoint, save_checkpoint
 from .config import (
+    CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET_INCEPTION_MEAN,
@@ -10,7 +11,7 @@ from .config import (
     IMAGENET_STD,
     ViTConfig,
 )
-from .data import CIFAR10_CLASSES, ImageDataset, load_cifar10
+from .data import ImageDataset
 from .errors import CheckpointError, DataError, ImageError, VitCoreError
 from .images import load_image, preprocess, preprocess_steps
 from .model import VisionTransformer, ViTTrace, resample_pos_embed
@@ -24,12 +25,13 @@ from .pretrained import (
     list_pretrained,
     load_pretrained,
 )
+from .sources import load_split
 from .summary import describe
 
 __all__ = [
     "CIFAR10_CLASSES",
     "ImageDataset",
-    "load_cifar10",
+    "load_split",
     "CATALOGUE",
     "CIFAR10_MEAN",
     "CIFAR10_STD",

@@ -14,8 +14,9 @@ reads a consistent copy with `run.view()`. Control goes the other way through ev
     run.release()                # the owner went away: stop after the grace period
 
 Every `snapshot_every` steps the thread records what the explorer pages show for the model
-as it is then (`Snapshot`): position-embedding similarity, the principal components of the
-patch filters, and the attention-rollout map of the [CLS] token on a probe image.
+as it is then (`vit_core.snapshots.Snapshot`). Where the images come from is
+`vit_core.sources`, what a run will cost `vit_core.costs`, the CIFAR-10 download on a thread
+`vit_core.download_job`.
 
 Server-wide settings (environment variables, read when used):
     VIT_EXPLORER_MAX_RUNS      concurrent training threads in this process (default 2)
@@ -37,53 +38,33 @@ import copy
 import math
 import os
 import shutil
-import tarfile
 import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
-from .analysis import embedding_pca_components, position_similarity, rollout_cls_map
-from .analysis._common import scale01
+from .batches import normalize_batch
 from .checkpoints import save_checkpoint
-from .data import (
-    CACHE_ENV,
-    CIFAR10_ARCHIVE,
-    CIFAR10_FOLDER,
-    CIFAR10_MD5,
-    CIFAR10_URL,
-    IMAGE_SUFFIXES,
-    ImageDataset,
-    default_cache_dir,
-    download_cifar10,
-    extract_tar_safely,
-    file_md5,
-    load_cifar10,
-    load_cifar10_batches,
-    normalize_batch,
-    prepare_cifar10_archive,
-)
+from .data import ImageDataset
 from .errors import DataError, VitCoreError
+from .evaluation import EvalResult, misclassified
 from .model import VisionTransformer
+from .snapshots import Snapshot, take_snapshot
+from .sources import DataSource, load_source
 from .threads import training_threads
-from .train import PRESETS, EvalResult, StepMetrics, TrainConfig, Trainer, misclassified, resolve_device
+from .train import PRESETS, StepMetrics, TrainConfig, Trainer
 
 MAX_RUNS_ENV = "VIT_EXPLORER_MAX_RUNS"
 GRACE_ENV = "VIT_EXPLORER_RUN_GRACE_S"
 RUNS_DIR_ENV = "VIT_EXPLORER_TRAIN_DIR"
 DEFAULT_MAX_RUNS = 2
 DEFAULT_GRACE_S = 30.0
-CIFAR10_DOWNLOAD_MB = 163  # size of cifar-10-python.tar.gz (170,498,071 bytes)
-CIFAR10_PAGE = "https://www.cs.toronto.edu/~kriz/cifar-10.html"
 STALE_RUN_S = 24 * 3600  # run folders older than this are swept when a new run starts
 
 # Recipes the app offers: the trainer's two, and a longer run of the bundled recipe.
@@ -191,325 +172,6 @@ def _watch_owners() -> None:
         now = time.monotonic()
         for run in runs:
             run._check_owner(now)
-
-
-# --------------------------------------------------------------------------------------
-# Data sources
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """Where a run's images come from.
-
-    kind "cache": the official CIFAR-10 in the download cache (`default_cache_dir()`);
-    kind "path": a CIFAR-10 archive (official, or a tar of an image folder), the extracted
-    official folder, or an image folder `<path>/train/<class>/*.png` with a `test/` beside it.
-    """
-
-    kind: str
-    path: str | None = None
-
-    def label(self) -> str:
-        if self.kind == "cache":
-            return f"CIFAR-10 from the download cache ({default_cache_dir()})"
-        return str(self.path)
-
-
-@dataclass
-class DataInfo:
-    """What a source holds, found without decoding the images."""
-
-    description: str
-    train_size: int
-    test_size: int
-    class_names: list[str]
-    image_size: int = 32
-
-
-def cifar10_cached(cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """The official CIFAR-10 (extracted folder or archive) in the download cache, or None."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if (cache / CIFAR10_FOLDER / "data_batch_1").is_file():
-        return cache / CIFAR10_FOLDER
-    if (cache / CIFAR10_ARCHIVE).is_file():
-        return cache / CIFAR10_ARCHIVE
-    return None
-
-
-def missing_data_help(cache_dir: str | os.PathLike | None = None) -> str:
-    """What to fetch and where to put it, for a machine without CIFAR-10 (and maybe without network)."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return (
-        f"No copy of CIFAR-10 was found on this machine. To train without a network connection, fetch "
-        f"`{CIFAR10_ARCHIVE}` (about {CIFAR10_DOWNLOAD_MB} MB, the 'python version' from {CIFAR10_PAGE}) "
-        f"on a machine that has one, then either put it in `{cache}` (the app finds it there), set "
-        f"`{CACHE_ENV}` to the folder that holds it, or type its path on this page. An image folder "
-        "`<root>/train/<class>/*.png` with a matching `<root>/test/` works too."
-    )
-
-
-def _count_images(folder: Path) -> tuple[list[str], int, Path | None]:
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    n, first = 0, None
-    for c in classes:
-        for e in os.scandir(folder / c):
-            if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
-                n += 1
-                if first is None:
-                    first = Path(e.path)
-    return classes, n, first
-
-
-def _image_folder_root(path: Path) -> Path | None:
-    """`path` or its only sub-folder, whichever holds `train/` and `test/` folders."""
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return path
-    subs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")] if path.is_dir() else []
-    if len(subs) == 1 and (subs[0] / "train").is_dir() and (subs[0] / "test").is_dir():
-        return subs[0]
-    return None
-
-
-def inspect_source(source: DataSource) -> DataInfo:
-    """What `source` holds (sizes, classes), from file names only; fast enough for every page run.
-
-    Raises:
-        DataError: nothing usable there, with what to do.
-    """
-    cifar = DataInfo("", 50_000, 10_000, list(_CIFAR_CLASSES))
-    if source.kind == "cache":
-        found = cifar10_cached()
-        if found is None:
-            raise DataError(missing_data_help())
-        cifar.description = f"CIFAR-10 ({'extracted' if found.is_dir() else 'archive'} in {found.parent})"
-        return cifar
-    if not source.path:
-        raise DataError("No path given: type the path of a CIFAR-10 archive or an image folder.")
-    path = Path(source.path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path} does not exist.")
-    if path.is_file():
-        if not tarfile.is_tarfile(path):
-            raise DataError(
-                f"{path.name} is not a tar archive: expected {CIFAR10_ARCHIVE} or a .tar.gz of an image folder."
-            )
-        cifar.description = (
-            f"archive {path.name} ({path.stat().st_size / 2**20:.0f} MB; checked and unpacked when training starts)"
-        )
-        return cifar  # sizes are confirmed when it is read
-    if (path / "data_batch_1").is_file() or (path / CIFAR10_FOLDER / "data_batch_1").is_file():
-        cifar.description = f"CIFAR-10 official batches in {path}"
-        return cifar
-    if (path / CIFAR10_ARCHIVE).is_file():
-        return inspect_source(DataSource("path", str(path / CIFAR10_ARCHIVE)))
-    root = _image_folder_root(path)
-    if root is None:
-        raise DataError(
-            f"{path} is neither the CIFAR-10 archive, its extracted folder, nor an image folder with "
-            "train/<class>/*.png and test/<class>/*.png."
-        )
-    classes, n_train, first = _count_images(root / "train")
-    test_classes, n_test, _ = _count_images(root / "test")
-    if not classes or n_train == 0:
-        raise DataError(f"{root / 'train'} has no class folders with .jpg/.png images.")
-    if n_test == 0:
-        raise DataError(f"{root / 'test'} has no images: the run needs a test split to measure accuracy.")
-    extra = sorted(set(test_classes) - set(classes))
-    if extra:
-        raise DataError(f"{root / 'test'} has classes {extra} that train/ does not have.")
-    size = 32
-    if first is not None:
-        from PIL import Image
-
-        try:
-            with Image.open(first) as im:
-                size = int(im.size[0]) if im.size[0] == im.size[1] else -1
-        except OSError:
-            size = 32
-    if size < 0:
-        raise DataError(f"{first} is not square: the trainer needs square images of one size.")
-    return DataInfo(f"image folder {root}: {len(classes)} classes", n_train, n_test, classes, size)
-
-
-_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_DATA_CACHE: OrderedDict[tuple, tuple[ImageDataset, ImageDataset]] = OrderedDict()
-_DATA_CACHE_LOCK = threading.Lock()
-_DATA_CACHE_SIZE = 2  # datasets are shared read-only by all runs of the process
-
-
-def _source_key(source: DataSource) -> tuple:
-    if source.kind == "cache":
-        found = cifar10_cached()
-        return ("cache", str(found), found.stat().st_mtime_ns if found else 0)
-    p = Path(source.path or "").expanduser().resolve()
-    return ("path", str(p), p.stat().st_mtime_ns if p.exists() else 0)
-
-
-def load_source(
-    source: DataSource, progress: Callable[[int, int], None] | None = None
-) -> tuple[ImageDataset, ImageDataset]:
-    """The train and test splits of `source`, shared with other runs that use the same data.
-
-    Raises:
-        DataError: missing, damaged or unreadable data, with what to do.
-    """
-    key = _source_key(source)
-    with _DATA_CACHE_LOCK:
-        hit = _DATA_CACHE.get(key)
-        if hit is not None:
-            _DATA_CACHE.move_to_end(key)
-            return hit
-    if source.kind == "cache":
-        if cifar10_cached() is None:
-            raise DataError(missing_data_help())
-        pair = (load_cifar10(None, "train"), load_cifar10(None, "test"))
-    else:
-        path = Path(source.path or "").expanduser()
-        if path.is_dir() and not (path / CIFAR10_FOLDER).is_dir() and (path / CIFAR10_ARCHIVE).is_file():
-            path = path / CIFAR10_ARCHIVE  # a folder that holds only the downloaded archive
-        if path.is_file():
-            pair = _load_archive(path)
-        else:
-            root = _image_folder_root(path) or path
-            pair = (load_cifar10(root, "train"), load_cifar10(root, "test"))
-    with _DATA_CACHE_LOCK:
-        _DATA_CACHE[key] = pair
-        while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
-            _DATA_CACHE.popitem(last=False)
-    return pair
-
-
-def _load_archive(path: Path) -> tuple[ImageDataset, ImageDataset]:
-    """An official CIFAR-10 archive (MD5-checked) or a tar of an image folder, unpacked once into the cache."""
-    cache = default_cache_dir()
-    digest = file_md5(path)
-    if digest == CIFAR10_MD5:
-        folder = prepare_cifar10_archive(path, cache)
-        return load_cifar10_batches(folder, "train"), load_cifar10_batches(folder, "test")
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            names = tf.getnames()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{path.name} is not a readable tar archive (truncated or damaged): {e}") from None
-    if any(n.split("/")[0] == CIFAR10_FOLDER or n.startswith(f"./{CIFAR10_FOLDER}") for n in names):
-        prepare_cifar10_archive(path, cache)  # raises the checksum message
-    dest = cache / "archives" / digest[:16]
-    if not (dest / ".complete").is_file():
-        extract_tar_safely(path, dest)
-        (dest / ".complete").write_text(path.name)
-    root = _image_folder_root(dest)
-    if root is None:
-        raise DataError(
-            f"{path.name} holds neither CIFAR-10's {CIFAR10_FOLDER}/ nor an image folder with train/<class>/ and test/<class>/."
-        )
-    return load_cifar10(root, "train"), load_cifar10(root, "test")
-
-
-# --------------------------------------------------------------------------------------
-# Model size, speed and time estimates
-# --------------------------------------------------------------------------------------
-
-
-def model_size(cfg: TrainConfig, num_classes: int = 10) -> tuple[int, int]:
-    """(parameters, tokens per image) of the ViT `cfg` trains; built on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = VisionTransformer(cfg.vit_config(num_classes))
-    gh, gw = model.cfg.grid_size
-    return model.num_params(), model.num_prefix_tokens + gh * gw
-
-
-def measure_seconds_per_image(cfg: TrainConfig, num_classes: int = 10, batch: int = 32, steps: int = 2) -> float:
-    """Seconds one training image costs with this model shape on this machine, measured now.
-
-    One warm-up step, then `steps` timed forward + backward + AdamW steps on a random batch
-    of `batch` images; the fastest is kept (other work on the machine only ever slows a step).
-    """
-    device = resolve_device(cfg.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = VisionTransformer(cfg.vit_config(num_classes)).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=device)
-        y = torch.randint(0, num_classes, (batch,), device=device)
-        best = math.inf
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i > 0:
-                best = min(best, time.perf_counter() - t0)
-    return best / batch
-
-
-def estimate_seconds(
-    cfg: TrainConfig, seconds_per_image: float, train_size: int, eval_size: int, test_size: int
-) -> float:
-    """Wall-clock estimate of a run: training steps, evaluations during training, the final evaluation.
-
-    A forward pass costs about a third of a training step (forward + backward), so an
-    evaluated image is counted at a third of a trained one.
-    """
-    steps_per_epoch = max(1, train_size // cfg.batch_size)
-    total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    evals = total_steps // (cfg.eval_every or steps_per_epoch) + 1
-    train_s = total_steps * cfg.batch_size * seconds_per_image
-    eval_s = (evals * eval_size + 2 * test_size) * seconds_per_image / 3  # +2: final accuracy and the mistakes
-    return train_s + eval_s
-
-
-# --------------------------------------------------------------------------------------
-# Snapshots of what the explorer pages show
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Snapshot:
-    """The model's learned structures at one step (numpy, CPU; never changed after creation)."""
-
-    step: int
-    epoch: float
-    position_similarity: np.ndarray  # (gh, gw, gh, gw) cosine similarity of position embeddings
-    filters_pca: np.ndarray  # (k, P, P, C) top principal components of the patch filters, in [0, 1]
-    filters_variance: np.ndarray  # (k,) share of the filters' variance each component explains
-    cls_map: np.ndarray  # (gh, gw) attention rollout of the [CLS] token on the probe image
-    probe_probs: np.ndarray  # (classes,) the model's softmax on the probe image
-
-
-@torch.no_grad()
-def take_snapshot(model: VisionTransformer, probe: torch.Tensor, step: int, epoch: float, k: int = 28) -> Snapshot:
-    """Position similarity, filter PCA and the probe's [CLS] rollout map of `model` as it is now.
-
-    Args:
-        model: the model being trained (its train/eval mode is restored afterwards).
-        probe: (1, C, H, W) normalised probe image on the model's device.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        sim = position_similarity(model)
-        # use_cache=False: the PCA cache is process-wide and other sessions use it from their threads.
-        comps, ratio = embedding_pca_components(model, k, use_cache=False)
-        P, C = model.patch_size, model.patch_embed.proj.weight.shape[1]
-        filters = scale01(rearrange(comps, "k (c p1 p2) -> k p1 p2 c", c=C, p1=P, p2=P), dims=(1, 2, 3))
-        trace = model.trace(probe)
-        cls_map = rollout_cls_map(trace.attentions.float(), trace.grid, trace.num_prefix_tokens)[0]
-        probs = trace.logits.float().softmax(-1)[0]
-    finally:
-        model.train(was_training)
-    return Snapshot(
-        step=step,
-        epoch=round(epoch, 4),
-        position_similarity=sim.cpu().numpy().astype(np.float32),
-        filters_pca=filters.cpu().numpy().astype(np.float32),
-        filters_variance=ratio.cpu().numpy().astype(np.float32),
-        cls_map=cls_map.cpu().numpy().astype(np.float32),
-        probe_probs=probs.cpu().numpy().astype(np.float32),
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1044,86 +706,3 @@ def _sweep_stale_runs(root: Path, max_age_s: float = STALE_RUN_S) -> None:
                 shutil.rmtree(p, ignore_errors=True)
         except OSError:
             pass
-
-
-# --------------------------------------------------------------------------------------
-# Downloading the official archive, on a thread
-# --------------------------------------------------------------------------------------
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class DownloadJob:
-    """Download (and unpack) the official CIFAR-10 into the cache on a background thread.
-
-    `view()` returns (status, bytes done, bytes total, message); status is "new",
-    "downloading", "unpacking", "done", "failed" or "cancelled".
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike | None = None, url: str | None = None) -> None:
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.url = url or CIFAR10_URL
-        self.lock = threading.Lock()
-        self._status = "new"
-        self._done = 0
-        self._total = CIFAR10_DOWNLOAD_MB * 2**20
-        self._message = ""
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        with self.lock:
-            if self._thread is not None:
-                return
-            self._status = "downloading"
-            self._thread = threading.Thread(target=self._main, name="vit-cifar-download", daemon=True)
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    release = cancel  # an owner that goes away cancels its download
-
-    @property
-    def alive(self) -> bool:
-        t = self._thread
-        return t is not None and t.is_alive()
-
-    def join(self, timeout: float | None = None) -> bool:
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
-
-    def view(self) -> tuple[str, int, int, str]:
-        with self.lock:
-            return self._status, self._done, self._total, self._message
-
-    def _progress(self, done: int, total: int) -> None:
-        if self._cancel.is_set():
-            raise _Cancelled
-        with self.lock:
-            self._done = done
-            if total:
-                self._total = total
-
-    def _main(self) -> None:
-        try:
-            archive = download_cifar10(self.cache_dir, self._progress, url=self.url)
-            with self.lock:
-                self._status = "unpacking"
-            prepare_cifar10_archive(archive, self.cache_dir)
-            with self.lock:
-                self._status, self._message = "done", f"CIFAR-10 is in {self.cache_dir}."
-        except _Cancelled:
-            with self.lock:
-                self._status, self._message = "cancelled", "The download was cancelled."
-        except DataError as e:
-            with self.lock:
-                self._status, self._message = "failed", str(e)
-        except Exception as e:  # noqa: BLE001
-            with self.lock:
-                self._status, self._message = "failed", f"The download failed: {type(e).__name__}: {e}"

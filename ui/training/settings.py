@@ -1,0 +1,181 @@
+"""Step 2 and 3 of a new run: the preset and the knobs, what the run will cost, and the Start button.
+
+Widget values die when another page is shown; the form keeps a copy in `st.session_state`
+(`_restore_form`, `_save_form`) so the settings survive a visit to the explorer pages.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from vit_core.costs import estimate_seconds, measure_seconds_per_image, model_size
+from vit_core.runs import APP_PRESETS, max_runs, preset_summary
+from vit_core.sources import DataInfo
+from vit_core.train import TrainConfig
+
+from .data_picker import data_picker
+from .formatting import fmt_duration, fmt_params
+from .lease import RUN_KEY, show_error, start_run
+
+_FORM = "_train_form"  # the settings, kept while other pages are shown (widget state is not)
+PRESET_LABELS = {"quick": "Quick", "bundled": "Bundled recipe", "long": "Longer (30 epochs)"}
+PATCH_SIZES = (2, 4, 8, 16)
+WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+HEADS = (1, 2, 3, 4, 6, 8, 12, 16)
+MLP_RATIOS = (1.0, 2.0, 3.0, 4.0)
+BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
+LRS = tuple(
+    sorted({1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 1e-2} | {c.lr for c in APP_PRESETS.values()})
+)
+# widget key -> TrainConfig field
+KNOBS = {
+    "train_patch": "patch_size",
+    "train_width": "embed_dim",
+    "train_depth": "depth",
+    "train_heads": "num_heads",
+    "train_mlp": "mlp_ratio",
+    "train_epochs": "epochs",
+    "train_batch": "batch_size",
+    "train_lr": "lr",
+    "train_warmup": "warmup_epochs",
+    "train_wd": "weight_decay",
+    "train_ls": "label_smoothing",
+    "train_crop": "random_crop",
+    "train_flip": "hflip",
+}
+FORM_KEYS = ("train_preset", "train_source", "train_path", *KNOBS)
+
+
+def _apply_preset() -> None:
+    cfg = APP_PRESETS[st.session_state["train_preset"]]
+    for key, attr in KNOBS.items():
+        st.session_state[key] = getattr(cfg, attr)
+
+
+def _restore_form() -> None:
+    """Widget values die with the page; keep a copy so they survive a visit to another page."""
+    for k, v in st.session_state.get(_FORM, {}).items():
+        if k not in st.session_state:
+            st.session_state[k] = v
+    if "train_preset" not in st.session_state:
+        st.session_state["train_preset"] = "quick"
+        _apply_preset()
+
+
+def _save_form() -> None:
+    st.session_state[_FORM] = {k: st.session_state[k] for k in FORM_KEYS if k in st.session_state}
+
+
+def settings_form(info: DataInfo | None) -> TrainConfig | None:
+    """The preset and the knobs; returns the configuration (None when it is not valid)."""
+    img = info.image_size if info is not None else 32
+    st.selectbox(
+        "Preset",
+        list(APP_PRESETS),
+        format_func=lambda k: f"{PRESET_LABELS.get(k, k)}: {preset_summary(k)}",
+        key="train_preset",
+        on_change=_apply_preset,
+    )
+    st.markdown("**Model**")
+    c = st.columns(5)
+    patches = [p for p in PATCH_SIZES if img % p == 0] or [img]
+    if st.session_state.get("train_patch") not in patches:
+        st.session_state["train_patch"] = patches[len(patches) // 2]
+    c[0].selectbox("Patch size P", patches, key="train_patch", help="Each P x P square of pixels becomes one token.")
+    c[1].selectbox("Width D", WIDTHS, key="train_width", help="Length of every token vector.")
+    c[2].slider("Depth L", 1, 12, key="train_depth", help="Transformer blocks.")
+    c[3].selectbox("Heads", HEADS, key="train_heads", help="Attention heads per block; D must be divisible by it.")
+    c[4].selectbox("MLP ratio", MLP_RATIOS, key="train_mlp", help="Hidden width of each MLP, as a multiple of D.")
+    st.markdown("**Schedule**")
+    c = st.columns(4)
+    c[0].number_input("Epochs", 0.01, 500.0, step=1.0, key="train_epochs", help="Passes over the training images.")
+    c[1].selectbox("Batch size", BATCH_SIZES, key="train_batch")
+    c[2].select_slider("Peak learning rate", LRS, key="train_lr", format_func=lambda v: f"{v:.1e}")
+    c[3].number_input(
+        "Warmup (epochs)",
+        0.0,
+        50.0,
+        step=0.5,
+        key="train_warmup",
+        help="Linear ramp to the peak rate; cosine decay after it.",
+    )
+    c = st.columns(4)
+    c[0].number_input(
+        "Weight decay", 0.0, 1.0, step=0.01, key="train_wd", help="AdamW's decoupled decay on the weight matrices."
+    )
+    c[1].slider("Label smoothing", 0.0, 0.5, step=0.05, key="train_ls")
+    c[2].checkbox("Random crop (pad 4 px)", key="train_crop", help="Augmentation: shift each image by up to 4 pixels.")
+    c[3].checkbox("Horizontal flip", key="train_flip", help="Augmentation: mirror half the images.")
+    _save_form()
+    ss = st.session_state
+    if ss["train_width"] % ss["train_heads"]:
+        st.error(f"Width {ss['train_width']} is not divisible by {ss['train_heads']} heads: pick another pair.")
+        return None
+    base = APP_PRESETS[ss["train_preset"]]
+    changes = {attr: ss[key] for key, attr in KNOBS.items()}
+    changes["epochs"] = float(changes["epochs"])
+    cfg = base.replace(img_size=img, **changes)
+    if info is not None:
+        steps_per_epoch, total = cfg.steps(info.train_size)
+        # About a dozen points on the test curve, but not more often than every half epoch.
+        cfg = cfg.replace(eval_every=max(1, total // 12, steps_per_epoch // 2))
+    return cfg
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner="Timing a few training steps of this model...")
+def _seconds_per_image(shape: tuple, num_classes: int) -> float:
+    patch, width, depth, heads, mlp, img = shape
+    cfg = TrainConfig(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp)
+    return measure_seconds_per_image(cfg, num_classes)
+
+
+def summary(cfg: TrainConfig, info: DataInfo) -> None:
+    """Parameter count, tokens per image, steps and the time estimate, before anything starts."""
+    k = len(info.class_names)
+    params, tokens = model_size(cfg, k)
+    steps_per_epoch, total = cfg.steps(info.train_size)
+    shape = (cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.img_size)
+    spi = _seconds_per_image(shape, k)
+    eval_size = min(2000, info.test_size)
+    est = estimate_seconds(cfg, spi, info.train_size, eval_size, info.test_size)
+    c = st.columns(4)
+    c[0].metric("Parameters", fmt_params(params))
+    c[1].metric("Tokens per image", f"{tokens}", help=f"({cfg.img_size}/{cfg.patch_size})² patches + [CLS]")
+    c[2].metric("Optimiser steps", f"{total:,}", help=f"{steps_per_epoch:,} per epoch of {info.train_size:,} images")
+    c[3].metric("Estimated time", fmt_duration(est))
+    st.caption(
+        f"The estimate comes from timing two training steps of this model on this server just now "
+        f"({spi * 1e3:.2f} ms per image at batch 32), times {total * cfg.batch_size:,} training images, plus the "
+        f"evaluations (a forward pass counted as a third of a training step). Other work on the server, "
+        f"including other people's runs, makes it longer."
+    )
+
+
+def new_run_form() -> None:
+    """Data, settings and the Start button."""
+    _restore_form()
+    st.subheader("1. Data")
+    source, info = data_picker()
+    st.subheader("2. Model and schedule")
+    cfg = settings_form(info)
+    if cfg is not None and info is not None:
+        summary(cfg, info)
+    st.subheader("3. Train")
+    run = st.session_state.get(RUN_KEY)
+    busy = run is not None and run.alive
+    ready = cfg is not None and source is not None and not busy
+    name = f"ViT P{cfg.patch_size} D{cfg.embed_dim} L{cfg.depth}" if cfg is not None else ""
+    st.button(
+        "Start training",
+        type="primary",
+        key="train_start",
+        disabled=not ready,
+        on_click=start_run,
+        args=(cfg, source, name),
+        icon=":material/play_arrow:",
+    )
+    show_error()
+    st.caption(
+        f"Training runs in the background on this server, one run per browser session and at most {max_runs()} at "
+        "once on the server. You can keep exploring the other pages meanwhile; closing the tab stops the run."
+    )
