@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CIFAR10_MEAN, CIFAR10_STD, CROP_MODES, INTERPOLATIONS, ViTConfig
+from .model import VisionTransformer
 
 CNN_ARCH = "resnet"  # the `arch` field that tells a CNN config dict from a ViT's
 
@@ -245,8 +246,6 @@ def build_model(cfg: ViTConfig | CNNConfig, class_names: list[str] | None = None
     if isinstance(cfg, CNNConfig):
         return ResNet(cfg, class_names)
     if isinstance(cfg, ViTConfig):
-        from .model import VisionTransformer
-
         return VisionTransformer(cfg, class_names)
     raise TypeError(f"expected a ViTConfig or a CNNConfig, not {type(cfg).__name__}")
 
