@@ -283,7 +283,7 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-class _Diverged(Exception):
+class Diverged(Exception):
     """The loss or the gradient norm stopped being finite (the message says which, and where)."""
 
 
@@ -425,7 +425,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 try:
                     loss, acc, lr = self.train_step(x, y)
-                except _Diverged as e:
+                except Diverged as e:
                     status, message = "diverged", str(e)
                     break
                 dt = time.perf_counter() - t0
@@ -450,7 +450,7 @@ class Trainer:
             (loss, accuracy on the batch, learning rate used).
 
         Raises:
-            _Diverged: the loss or the gradient norm is not finite (the weights are not updated).
+            Diverged: the loss or the gradient norm is not finite (the weights are not updated).
         """
         cfg, model, opt = self.cfg, self.model, self.optimizer
         g = self._step_generator(self.step)
@@ -474,13 +474,13 @@ class Trainer:
             loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, y_mix, label_smoothing=cfg.label_smoothing)
         loss_v = loss.item()
         if not math.isfinite(loss_v):
-            raise _Diverged(self._diverged_message("loss", loss_v))
+            raise Diverged(self._diverged_message("loss", loss_v))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if not torch.isfinite(gnorm):
-                raise _Diverged(self._diverged_message("gradient norm", gnorm.item()))
+                raise Diverged(self._diverged_message("gradient norm", gnorm.item()))
         opt.step()
         self.step += 1
         return loss_v, (logits.argmax(-1) == y).float().mean().item(), lr
