@@ -43,6 +43,10 @@ def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def line(label: str, seconds: float, note: str = "") -> None:
+    print(f"  {label:<52}{seconds * 1e3:10.1f} ms" + (f"   ({note})" if note else ""))
+
+
 def six_maps(model: VisionTransformer, x: torch.Tensor, target: int) -> tuple[list[str], torch.Tensor]:
     """(6, n) saliency maps of the lab's methods for one image."""
     k = model.num_prefix_tokens
@@ -102,12 +106,18 @@ def report(
     with torch.no_grad():
         target = int(model(x).argmax())
     t, _ = timed(lambda: model(x), args.reps)
-    print(f"  one forward (batch 1)                          {t * 1e3:9.1f} ms")
+    line("one forward (batch 1)", t)
+    batch = x.repeat(A.faithfulness.CURVE_BATCH, 1, 1, 1)
+    t_batch, _ = timed(lambda: model(batch), args.reps)
+    per_img = t_batch / len(batch)
+    line(f"batched forward, per image (batch {len(batch)})", per_img)
+    curve_images = 6 * 2 * (n + 1)
+    line(f"  -> the {curve_images} images of 6 maps' curves at that rate", per_img * curve_images)
 
     t_maps, (names, maps) = timed(lambda: six_maps(model, x, target), 1)
-    print(f"  the six maps themselves (incl. occlusion, {n} fwd) {t_maps * 1e3:7.1f} ms")
+    line(f"the six maps themselves (occlusion: {n} forwards)", t_maps)
     t1, _ = timed(lambda: A.deletion_insertion_curves(model, x, maps[0], target, k=1), args.reps)
-    print(f"  deletion + insertion, one map, k=1 ({2 * (n + 1)} images)  {t1 * 1e3:9.1f} ms")
+    line(f"deletion + insertion, one map, k=1 ({2 * (n + 1)} images)", t1)
     if full:
         t12, _ = timed(
             lambda: (
@@ -116,36 +126,40 @@ def report(
             ),
             args.reps,
         )
-        print(f"  6 maps, 12 separate curve calls, k=1            {t12 * 1e3:9.1f} ms")
-    t6, (dele, ins) = timed(lambda: A.deletion_insertion_curves(model, x, maps, target, k=1), args.reps)
-    print(f"  6 maps, one deletion_insertion_curves call, k=1 {t6 * 1e3:9.1f} ms   (issue target < 2000 ms)")
-    if full:
+        line("6 maps, 12 separate curve calls, k=1", t12)
+        t6, (dele, ins) = timed(lambda: A.deletion_insertion_curves(model, x, maps, target, k=1), args.reps)
+        line("6 maps, one deletion_insertion_curves call, k=1", t6, "issue target < 2 s")
         rand = A.random_saliencies(n, 5, seed=1)
         t5, _ = timed(lambda: A.deletion_insertion_curves(model, x, torch.cat([maps, rand]), target, k=1), 1)
-        print(f"  6 maps + 5 more random seeds (spread), k=1      {t5 * 1e3:9.1f} ms")
+        line("6 maps + 5 more random seeds (spread), k=1", t5)
+    else:
+        line("6 maps, k=1: 6 x one map (extrapolated)", 6 * t1)
     kk = max(1, n // 16)
-    tk, _ = timed(lambda: A.deletion_insertion_curves(model, x, maps, target, k=kk), args.reps)
-    print(f"  6 maps, k={kk} ({-(-n // kk) + 1} points a curve)             {tk * 1e3:9.1f} ms")
-    print(f"  areas on this image (class {target} '{model.class_names[target]}'):")
+    tk, curves_k = timed(lambda: A.deletion_insertion_curves(model, x, maps, target, k=kk), args.reps)
+    line(f"6 maps, k={kk} ({-(-n // kk) + 1} points a curve)", tk)
+    if not full:
+        dele, ins = curves_k
+    print(f"  areas on this image (class {target} '{model.class_names[target]}', k={1 if full else kk}):")
+    fr = A.step_fractions(n, 1 if full else kk)
     for name, d, i in zip(names, dele, ins):
-        print(f"    {name:<18} deletion {A.curve_area(d):.3f}  insertion {A.curve_area(i):.3f}")
+        print(f"    {name:<18} deletion {A.curve_area(d, fr):.3f}  insertion {A.curve_area(i, fr):.3f}")
 
     agree_t, _ = timed(lambda: A.agreement_matrix(maps), args.reps)
-    print(f"  agreement matrix of the 6 maps                  {agree_t * 1e3:9.1f} ms")
+    line("agreement matrix of the 6 maps", agree_t)
     tr = model.trace(x)
     tl, _ = timed(lambda: A.patch_logit_lens(model, tr), args.reps)
-    print(f"  per-patch logit lens ({L + 1} x {n} x {cfg.num_classes})        {tl * 1e3:9.1f} ms")
+    line(f"per-patch logit lens ({L + 1} x {n} x {cfg.num_classes})", tl)
     tc, _ = timed(lambda: [None for _ in A.randomise_cascade(model, seed=0)], 1)
-    print(f"  randomise_cascade, all {L + 3} copies (no maps)     {tc * 1e3:9.1f} ms")
+    line(f"randomise_cascade, all {L + 3} copies (no maps)", tc)
 
     tk1, _ = timed(lambda: A.knockout_heads(model, x, [(L - 1, 0)]), args.reps)
-    print(f"  one knockout forward (1 head)                   {tk1 * 1e3:9.1f} ms   (issue target < 300 ms)")
+    line("one knockout forward (1 head)", tk1, "issue target < 0.3 s")
     many = [(layer, h) for layer in range(L) for h in range(0, H, 2)]
     tkm, _ = timed(lambda: A.knockout_heads(model, x, many), args.reps)
-    print(f"  one knockout forward ({len(many)} heads)                 {tkm * 1e3:9.1f} ms")
+    line(f"one knockout forward ({len(many)} heads)", tkm)
     with A.heads_knocked_out(model, [(L - 1, 0)]):
         tkt, _ = timed(lambda: model.trace(x, target=target), args.reps)
-    print(f"  knockout trace with gradients (rollout + class map after a click) {tkt * 1e3:.1f} ms")
+    line("knocked-out trace with gradients (class map)", tkt)
 
     images, labels, note = labelled_images(model, args.data, importance_images)
     print(f"  head importance over {note}")
@@ -171,7 +185,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch threads, CPU")
+    print(f"load average (1, 5, 15 min) at start: {load} (other work on the machine slows every figure)")
 
     model = load_checkpoint(ROOT / "assets" / "vit_cifar10.safetensors").eval()
     x = preprocess(load_image(ROOT / "assets" / "samples" / "cifar10" / "cat.jpg"), model)
