@@ -28,6 +28,8 @@ from torch import Tensor
 from .catalogue import entry_for_path
 from .config import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from .errors import CheckpointError
+from .families import FAMILIES, convert_family, detect_family
+from .families import AnswerNeededError as AnswerNeededError  # re-exported: load_checkpoint raises it
 from .fileio import atomic_write
 from .model import VisionTransformer
 
@@ -43,8 +45,9 @@ WEIGHT_FILES = (
 )
 # Wrappers of a state dict in a training checkpoint, in the order timm's loader prefers them.
 STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
-# Prefixes that wrappers add to every key: DistributedDataParallel, torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Prefixes that wrappers add to every key: DistributedDataParallel, torch.compile, a Lightning
+# module holding the network as `self.model`.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 # Heads of timm's ViTs whose heads are not 64 wide, from the model definitions in
 # timm/models/vision_transformer.py and deit.py (`embed_dim`, `num_heads` per model).
@@ -179,7 +182,9 @@ def _unfilled_model(
     except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:
         raise CheckpointError(f"{source}: its config does not describe a buildable ViT ({e}).") from None
     check_fits(model.state_dict(), tensors, source)
-    return model.to_empty(device="cpu")
+    model = model.to_empty(device="cpu")
+    model.fill_fixed_buffers()  # to_empty leaves buffers that are not weights uninitialised
+    return model
 
 
 def _few(items: list[str], n: int = 5) -> str:
@@ -192,7 +197,14 @@ def _few(items: list[str], n: int = 5) -> str:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, num_heads: int | None = None, *, img_size: int | tuple[int, int] | None = None
+    path: str | os.PathLike,
+    num_heads: int | None = None,
+    *,
+    img_size: int | tuple[int, int] | None = None,
+    global_pool: str | None = None,
+    norm_first: bool | None = None,
+    activation: str | None = None,
+    attention_axis: str | None = None,
 ) -> VisionTransformer:
     """A ready `VisionTransformer` (eval mode) from a checkpoint file or folder.
 
@@ -200,16 +212,31 @@ def load_checkpoint(
     (`.safetensors`, or `.pth`/`.bin`/`.pt` through `torch.load(weights_only=True)`, also
     wrapped in `model`/`state_dict`/`state_dict_ema`, or a timm Hub folder with its
     `config.json`); Hugging Face transformers ViT/DeiT folders (`config.json` with
-    `model.safetensors` or `pytorch_model.bin`, sharded or not), or the weight file inside one.
+    `model.safetensors` or `pytorch_model.bin`, sharded or not), or the weight file inside one;
+    and the state dicts of the ViTs students write (vit-pytorch's ViT and SimpleViT, the
+    tutorials' ViTs, `nn.TransformerEncoderLayer` ViTs; also inside a Lightning checkpoint:
+    see `vit_core.families`).
+
+    What a student's weights cannot tell is a keyword; when one is needed and missing, an
+    `AnswerNeededError` names it with its likeliest values. The answers are kept in the
+    config, so `save_checkpoint` keeps them with the weights.
 
     Args:
         path: a file, or a folder holding `config.json` and the weights.
         num_heads: heads per layer, for a timm state dict whose width does not tell them
-            (otherwise inferred as timm builds its models); overrides any other source.
-        img_size: (H, W) the position embeddings were learned for, needed only for a bare timm
-            state dict with a non-square patch grid.
+            (otherwise inferred as timm builds its models), or a fused q/k/v projection of a
+            student's model; overrides any other source.
+        img_size: (H, W) (or one side) the model was built for: needed for a bare timm state
+            dict with a non-square patch grid, and for a SimpleViT (positions not stored).
+        global_pool: vit-pytorch ViT's `pool`: "cls" or "mean" (of all tokens, class included).
+        norm_first: an `nn.TransformerEncoderLayer` ViT's `norm_first`.
+        activation: an `nn.TransformerEncoderLayer` ViT's activation, "relu" or "gelu".
+        attention_axis: for the `nn.MultiheadAttention` tutorial (or a file saved from it),
+            "batch" (default: as its code computes it, each token attends only to itself) or
+            "tokens" (as intended; not what its weights were trained with).
 
     Raises:
+        AnswerNeededError: a value the weights cannot tell is missing (a CheckpointError).
         CheckpointError: unknown format, missing/extra keys, shape mismatch, a pickle that
             would run code, a damaged file, or a config that disagrees with the weights.
     """
@@ -220,7 +247,10 @@ def load_checkpoint(
     weights = _weight_file(path) if path.is_dir() else path
     tensors, meta = _read_weights(weights)
     if meta.get("format") == FORMAT_TAG:
-        return load_own(tensors, meta, weights.name)
+        model = load_own(tensors, meta, weights.name)
+        if attention_axis is not None and attention_axis != model.cfg.attention_axis:
+            return _with_attention_axis(model, attention_axis, weights.name)
+        return model
     if num_heads is not None and (not isinstance(num_heads, int) or num_heads < 1):
         raise CheckpointError(f"num_heads must be a positive integer, not {num_heads!r}.")
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
@@ -238,10 +268,64 @@ def load_checkpoint(
     if "patch_embed.proj.weight" in tensors:
         timm_config = config if config is not None and "architecture" in config else None
         return _load_timm(tensors, timm_config, num_heads, img_size, weights)
+    family = detect_family(tensors)
+    if family is not None:
+        answers = dict(
+            num_heads=num_heads,
+            img_size=img_size,
+            global_pool=global_pool,
+            norm_first=norm_first,
+            activation=activation,
+            attention_axis=attention_axis,
+        )
+        return _load_family(tensors, family, answers, weights)
     raise CheckpointError(
         f"{weights.name}: unknown checkpoint format (keys like {_few(sorted(tensors), 4)}). vit_core reads its own "
-        "checkpoints, timm ViT/DeiT state dicts and Hugging Face ViT/DeiT folders."
+        "checkpoints, timm ViT/DeiT state dicts, Hugging Face ViT/DeiT folders, and the state dicts of "
+        "vit-pytorch, the tutorials' ViTs and nn.TransformerEncoderLayer ViTs."
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Students' ViTs (vit_core.families)
+
+AS_INTENDED = "as intended: tokens attend to tokens, not what its weights were trained with"
+
+
+def _load_family(tensors: dict[str, Tensor], family: str, answers: dict[str, Any], weights: Path) -> VisionTransformer:
+    """A vit-pytorch / tutorial / nn.TransformerEncoderLayer state dict -> our model."""
+    source = weights.name
+    sd, fields, class_names = convert_family(tensors, family, answers, source)
+    try:
+        cfg = ViTConfig(**fields)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: its weights do not form a buildable ViT ({e}).") from None
+    cfg.name = f"{weights.stem} ({FAMILIES[family]})"
+    if cfg.attention_axis == "tokens" and family == "mha-tutorial":
+        cfg.name += f" [{AS_INTENDED}]"
+    cfg.extra = {
+        "format": "family",
+        "family": family,
+        "source": str(weights),
+        "answers": {k: (list(v) if isinstance(v, tuple) else v) for k, v in answers.items() if v is not None},
+    }
+    model = _unfilled_model(cfg, class_names, sd, source)
+    load_weights(model, sd, source)
+    return model.eval()
+
+
+def _with_attention_axis(model: VisionTransformer, axis: str, source: str) -> VisionTransformer:
+    """The same weights computed with attention across tokens ("tokens") or as the
+    `nn.MultiheadAttention` tutorial's code computes it ("batch")."""
+    if axis not in ("tokens", "batch"):
+        raise CheckpointError(f"{source}: attention_axis={axis!r}; use 'batch' (as written) or 'tokens'.")
+    cfg = _with(model.cfg, attention_axis=axis)
+    suffix = f" [{AS_INTENDED}]"
+    cfg.name = cfg.name.removesuffix(suffix) + (suffix if axis == "tokens" else "")
+    cfg.extra = {**model.cfg.extra, "answers": {**model.cfg.extra.get("answers", {}), "attention_axis": axis}}
+    out = _unfilled_model(cfg, model.class_names, model.state_dict(), source)
+    load_weights(out, model.state_dict(), source)
+    return out.eval()
 
 
 def _weight_file(folder: Path) -> Path:
@@ -378,9 +462,13 @@ def _is_tensor_dict(d: dict) -> bool:
 
 
 def _strip_prefixes(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    for prefix in _WRAPPER_PREFIXES:
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    stripped = True
+    while stripped:  # nested wrappers: "model._orig_mod.", "module.model.", ...
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if tensors and all(k.startswith(prefix) for k in tensors):
+                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+                stripped = True
     return tensors
 
 

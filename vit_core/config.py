@@ -15,6 +15,11 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the original JAX ViTs and Hugging Face's ViT defaults
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 CROP_MODES = ("center", "squash")
+GLOBAL_POOLS = ("token", "avg", "avg_all")
+NORM_PLACEMENTS = ("pre", "post", "stream")
+ACTIVATIONS = ("gelu", "relu")
+POS_EMBED_TYPES = ("learned", "sincos")
+ATTENTION_AXES = ("tokens", "batch")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
 
@@ -28,17 +33,27 @@ class ViTConfig:
     num_classes: int = 1000  # outputs of the head; 0 means no head (features only)
     embed_dim: int = 768  # token width D
     depth: int = 12  # number of transformer blocks L
-    num_heads: int = 12  # attention heads h; head width d = D / h
+    num_heads: int = 12  # attention heads h; head width d = D / h unless dim_head says otherwise
+    dim_head: int | None = None  # head width d when h * d != D (vit-pytorch's dim_head); None: D / h
     mlp_ratio: float = 4.0  # MLP hidden width / D
     qkv_bias: bool = True  # bias on the fused query/key/value projection
     class_token: bool = True  # prepend a learned [CLS] token
     distill_token: bool = False  # DeiT: a second, distillation token with its own head
     reg_tokens: int = 0  # register tokens (Darcet et al. 2023) after the class/dist tokens
     no_embed_class: bool = False  # position embeddings cover patches only, not prefix tokens
-    global_pool: str = "token"  # "token": classify the CLS token; "avg": mean of patch tokens
+    global_pool: str = "token"  # "token": the CLS token; "avg": mean of patch tokens; "avg_all": of all tokens
     fc_norm: bool | None = None  # norm after pooling instead of before; None: timm's default
     init_values: float | None = None  # LayerScale initial value; None disables LayerScale
     layer_norm_eps: float = 1e-6  # epsilon of every LayerNorm (timm 1e-6, transformers 1e-12)
+    # Options of the ViTs students write (vit-pytorch, tutorials, nn.TransformerEncoderLayer); the
+    # defaults are timm's ViT, so every config written before these fields existed reads the same.
+    norm_placement: str = "pre"  # "pre": x + f(LN(x)); "post": LN(x + f(x)); "stream": x = LN(x); x = x + f(x)
+    activation: str = "gelu"  # MLP nonlinearity: "gelu" (exact, erf) or "relu"
+    patch_norm: bool = False  # vit-pytorch: LayerNorm over each flattened patch before the projection, and over D after
+    pos_embed_type: str = "learned"  # "learned" (pos_embed weights) or "sincos": fixed 2-D sine-cosine from the grid
+    final_norm: bool = True  # LayerNorm after the last block (timm's `norm`); False: none (unless fc_norm)
+    attention_axis: str = "tokens"  # "batch": as code that hands (B, N, D) to a sequence-first nn.MultiheadAttention
+    # computes it (attention across the images of a batch); run one image at a time, each token attends to itself
     drop_path_rate: float = 0.0  # stochastic depth of the last block (training only); block i gets rate * i / (L - 1)
     # Preprocessing: how a user's image becomes the model's input tensor.
     mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel mean subtracted after scaling to [0, 1]
@@ -65,12 +80,29 @@ class ViTConfig:
             raise ValueError(f"mean and std need one value per channel each (std > 0), not {self.mean} and {self.std}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be positive, not {self.mlp_ratio!r}")
-        if self.embed_dim % self.num_heads:
+        if self.dim_head is not None and (
+            not isinstance(self.dim_head, int) or isinstance(self.dim_head, bool) or self.dim_head < 1
+        ):
+            raise ValueError(f"dim_head must be a positive integer or None, not {self.dim_head!r}")
+        if self.dim_head is None and self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        choices = (
+            ("norm_placement", self.norm_placement, NORM_PLACEMENTS),
+            ("activation", self.activation, ACTIVATIONS),
+            ("pos_embed_type", self.pos_embed_type, POS_EMBED_TYPES),
+            ("attention_axis", self.attention_axis, ATTENTION_AXES),
+        )
+        for name, v, allowed in choices:
+            if v not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {v!r}")
+        if self.pos_embed_type == "sincos" and (self.embed_dim % 4 or self.embed_dim < 8):
+            raise ValueError(f"sine-cosine positions need a width divisible by 4 (at least 8), not {self.embed_dim}")
+        if self.pos_embed_type == "sincos" and self.num_prefix_tokens:
+            raise ValueError("sine-cosine positions are defined for patch tokens only: no class or other prefix tokens")
         if self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', not {self.global_pool!r}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, not {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         if not 0.0 < self.crop_pct <= 1.0:
@@ -92,13 +124,19 @@ class ViTConfig:
 
     @property
     def head_dim(self) -> int:
-        """Width d = D / h of one attention head."""
-        return self.embed_dim // self.num_heads
+        """Width d of one attention head: `dim_head`, else D / h."""
+        return self.dim_head if self.dim_head is not None else self.embed_dim // self.num_heads
+
+    @property
+    def inner_dim(self) -> int:
+        """Width h * d of all heads together: the qkv projection's output per q/k/v and the
+        output projection's input (D unless `dim_head` says otherwise)."""
+        return self.num_heads * self.head_dim
 
     @property
     def use_fc_norm(self) -> bool:
         """True when the final norm is applied after pooling (timm's `fc_norm`)."""
-        return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+        return self.global_pool in ("avg", "avg_all") if self.fc_norm is None else self.fc_norm
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict that `from_dict` turns back into an equal config."""

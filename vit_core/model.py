@@ -4,6 +4,13 @@ Module and parameter names follow timm (`patch_embed.proj`, `cls_token`, `pos_em
 `blocks.{i}.attn.qkv`, ...) so that timm checkpoints load without a translation table.
 `model(x)` runs the fast path (`scaled_dot_product_attention`); `model.trace(x)` runs the
 explicit-softmax path and returns every attention map and hidden state.
+
+Beyond timm's ViT, `ViTConfig` selects the few options of the ViTs students write themselves
+(vit-pytorch, the tutorials, `nn.TransformerEncoderLayer`; see `vit_core.families`): where the
+LayerNorms sit in a block, ReLU, a head width independent of D, LayerNorms around the patch
+projection, fixed sine-cosine positions, mean pooling over all tokens, no final norm, and the
+attention across the batch of the `nn.MultiheadAttention` tutorial. Each is computed the same
+way by `forward` and `trace`.
 """
 
 from __future__ import annotations
@@ -19,12 +26,20 @@ from .config import ViTConfig
 
 
 class PatchEmbed(nn.Module):
-    """Cut the image into P x P patches and project each to D dims (a strided Conv2d)."""
+    """Cut the image into P x P patches and project each to D dims (a strided Conv2d).
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    With `norm` (vit-pytorch's patch embedding), each flattened patch is layer-normed before the
+    projection (`pixel_norm`) and each token after it (`norm`). The projection is then applied as
+    the Linear map it is, to the normed patch; its weight keeps the Conv2d layout (D, C, P, P),
+    and `pixel_norm`'s weight the matching (c p1 p2) order of a flattened patch.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, norm: bool = False, eps: float = 1e-6) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.pixel_norm = nn.LayerNorm(in_chans * patch_size * patch_size, eps=eps) if norm else None
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps) if norm else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """(B, C, H, W) -> tokens (B, gh*gw, D) and the grid (gh, gw)."""
@@ -32,26 +47,48 @@ class PatchEmbed(nn.Module):
         P = self.patch_size
         if H % P or W % P:
             raise ValueError(f"input size {H}x{W} is not a multiple of the patch size {P}")
-        x = self.proj(x)  # (B, D, gh, gw)
-        grid = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), grid
+        grid = (H // P, W // P)
+        if self.pixel_norm is None:
+            x = self.proj(x)  # (B, D, gh, gw)
+            return x.flatten(2).transpose(1, 2), grid
+        patches = rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=P, p2=P)
+        tokens = F.linear(self.pixel_norm(patches), self.proj.weight.flatten(1), self.proj.bias)  # (B, n, D)
+        return self.norm(tokens), grid
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection."""
+    """Multi-head self-attention with a fused qkv projection.
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    `head_dim` (default D / h) sets the width of each head; qkv maps D -> 3 h d and proj
+    h d -> D. `across_batch` computes what code computes that hands (B, N, D) to a
+    sequence-first `nn.MultiheadAttention`: attention across the images of the batch at each
+    token position. Run on one image, as here (each image of a batch on its own), the softmax
+    has one entry: every token attends only to itself and the output is its own value.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        head_dim: int | None = None,
+        across_batch: bool = False,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim if head_dim is not None else dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.across_batch = across_batch
+        inner = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
 
     def forward(self, x: Tensor, observe: bool = False) -> tuple[Tensor, Tensor | None]:
         """(B, N, D) -> (B, N, D); with `observe`, also the post-softmax map (B, h, N, N)."""
         qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)  # each (B, h, N, d)
+        if self.across_batch:
+            return self._each_token_alone(v, observe)
         if observe:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
             out = attn @ v
@@ -59,6 +96,16 @@ class Attention(nn.Module):
             attn = None
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(rearrange(out, "b h n d -> b n (h d)")), attn
+
+    def _each_token_alone(self, v: Tensor, observe: bool) -> tuple[Tensor, Tensor | None]:
+        """`across_batch` for one image: a softmax over one key is 1, so the map is the identity."""
+        if not observe:
+            return self.proj(rearrange(v, "b h n d -> b n (h d)")), None
+        B, h, N, _ = v.shape
+        attn = torch.eye(N, dtype=v.dtype, device=v.device).expand(B, h, N, N).clone()
+        if torch.is_grad_enabled():
+            attn.requires_grad_(True)  # a leaf the output depends on, so that attention_grads exist
+        return self.proj(rearrange(attn @ v, "b h n d -> b n (h d)")), attn
 
 
 class LayerScale(nn.Module):
@@ -73,12 +120,12 @@ class LayerScale(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear."""
+    """Linear -> GELU (or ReLU) -> Linear."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -108,23 +155,46 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Transformer block; where its LayerNorms sit is `cfg.norm_placement`:
+
+    - "pre" (timm, ViT paper): x = x + attn(norm1(x)); x = x + mlp(norm2(x))
+    - "post" (the 2017 Transformer, `nn.TransformerEncoderLayer` default):
+      x = norm1(x + attn(x)); x = norm2(x + mlp(x))
+    - "stream" (the walkthrough's mini-ViT normalises the residual stream itself):
+      x = norm1(x); x = x + attn(x); x = norm2(x); x = x + mlp(x)
+    """
 
     def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         D = cfg.embed_dim
+        self.norm_placement = cfg.norm_placement
         self.norm1 = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
-        self.attn = Attention(D, cfg.num_heads, cfg.qkv_bias)
+        self.attn = Attention(D, cfg.num_heads, cfg.qkv_bias, cfg.head_dim, cfg.attention_axis == "batch")
         self.ls1 = LayerScale(D, cfg.init_values) if cfg.init_values is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
-        self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
+        self.mlp = Mlp(D, int(D * cfg.mlp_ratio), cfg.activation)
         self.ls2 = LayerScale(D, cfg.init_values) if cfg.init_values is not None else nn.Identity()
         self.drop_path = DropPath(drop_path)  # no parameters: the state dict is timm's
 
+    def attention_input(self, x: Tensor) -> Tensor:
+        """What the attention's qkv projection reads, given the block's input x (B, N, D)."""
+        return x if self.norm_placement == "post" else self.norm1(x)
+
     def forward(self, x: Tensor, observe: bool = False) -> tuple[Tensor, Tensor | None]:
-        a, attn = self.attn(self.norm1(x), observe)
-        x = x + self.drop_path(self.ls1(a))
-        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        if self.norm_placement == "pre":
+            a, attn = self.attn(self.norm1(x), observe)
+            x = x + self.drop_path(self.ls1(a))
+            x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        elif self.norm_placement == "post":
+            a, attn = self.attn(x, observe)
+            x = self.norm1(x + self.drop_path(self.ls1(a)))
+            x = self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
+        else:  # "stream"
+            x = self.norm1(x)
+            a, attn = self.attn(x, observe)
+            x = x + self.drop_path(self.ls1(a))
+            x = self.norm2(x)
+            x = x + self.drop_path(self.ls2(self.mlp(x)))
         return x, attn
 
 
@@ -149,6 +219,30 @@ class ViTTrace:
     @property
     def probs(self) -> Tensor:
         return self.logits.softmax(-1)
+
+
+def sincos_pos_embed(
+    grid: tuple[int, int], dim: int, temperature: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Fixed 2-D sine-cosine position embeddings (Beyer et al. 2022, "Better plain ViT
+    baselines"; vit-pytorch's SimpleViT): computed from the grid, never learned or stored.
+
+    A quarter of the D channels each holds sin(x w), cos(x w), sin(y w), cos(y w), where (y, x)
+    is the patch's row and column and the D / 4 frequencies w_k = temperature^(-k / (D/4 - 1))
+    fall geometrically from 1 to 1 / temperature. Computed in float32, then cast to `dtype`.
+
+    Returns:
+        (1, gh*gw, D), patches in row-major order.
+    """
+    gh, gw = grid
+    quarter = dim // 4
+    if dim % 4 or quarter < 2:
+        raise ValueError(f"sine-cosine positions need a width divisible by 4 (at least 8), not {dim}")
+    freqs = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / (quarter - 1))  # (D/4,)
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    y = rows.reshape(-1, 1).float() * freqs  # (n, D/4)
+    x = cols.reshape(-1, 1).float() * freqs
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).unsqueeze(0).to(dtype)
 
 
 def resample_pos_embed(
@@ -185,17 +279,21 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D, cfg.patch_norm, cfg.layer_norm_eps)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distill_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
         gh, gw = cfg.grid_size
         embed_len = gh * gw + (0 if cfg.no_embed_class else cfg.num_prefix_tokens)
-        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D))
+        if cfg.pos_embed_type == "sincos":  # fixed: a buffer for inspection, not in the state dict
+            self.register_buffer("pos_embed", sincos_pos_embed(cfg.grid_size, D), persistent=False)
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D))
         # stochastic depth rising linearly with depth, 0 for the first block (timm's schedule)
         rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([Block(cfg, rate) for rate in rates])
-        self.norm = nn.Identity() if cfg.use_fc_norm else nn.LayerNorm(D, eps=cfg.layer_norm_eps)
+        final = cfg.final_norm and not cfg.use_fc_norm
+        self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if final else nn.Identity()
         self.fc_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.use_fc_norm else nn.Identity()
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         if cfg.distill_token:
@@ -206,7 +304,8 @@ class VisionTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for tok in (self.cls_token, self.dist_token, self.reg_token):
             if tok is not None:
                 nn.init.normal_(tok, std=1e-6)
@@ -224,11 +323,29 @@ class VisionTransformer(nn.Module):
     def patch_size(self) -> int:
         return self.cfg.patch_size
 
+    @property
+    def attends_across_batch(self) -> bool:
+        """True for a model loaded as its code computes it when that code hands (B, N, D) to a
+        sequence-first `nn.MultiheadAttention`: on one image every token attends only to itself."""
+        return self.cfg.attention_axis == "batch"
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def fill_fixed_buffers(self) -> None:
+        """Recompute the buffers that are not weights (the sine-cosine `pos_embed`), e.g. after
+        `to_empty` left them uninitialised."""
+        if self.cfg.pos_embed_type == "sincos":
+            fixed = sincos_pos_embed(self.cfg.grid_size, self.cfg.embed_dim)
+            with torch.no_grad():
+                self.pos_embed.copy_(fixed.to(self.pos_embed.dtype))
+
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
-        """Position embeddings for a patch grid, resampled from the learned one if needed."""
+        """Position embeddings for a patch grid: the learned ones, resampled if needed, or the
+        fixed sine-cosine ones computed for that grid."""
+        if self.cfg.pos_embed_type == "sincos":
+            p = self.pos_embed
+            return sincos_pos_embed(grid, self.cfg.embed_dim, dtype=p.dtype).to(p.device)
         k = 0 if self.cfg.no_embed_class else self.num_prefix_tokens
         return resample_pos_embed(self.pos_embed, grid, self.cfg.grid_size, k)
 
@@ -247,8 +364,9 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, tokens: Tensor) -> Tensor:
         """Final-normed tokens (B, N, D) -> logits (B, classes)."""
-        if self.cfg.global_pool == "avg":
-            pooled = tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        if self.cfg.global_pool in ("avg", "avg_all"):
+            first = self.num_prefix_tokens if self.cfg.global_pool == "avg" else 0
+            pooled = tokens[:, first:].mean(dim=1)
             return self.head(self.fc_norm(pooled))
         logits = self.head(self.fc_norm(tokens[:, 0]))
         if self.cfg.distill_token:
