@@ -52,9 +52,10 @@ from vit_core import (
     save_checkpoint,
 )
 from vit_core import checkpoints as ckpt_mod
-from vit_core import data as D
+from vit_core import fetch as D
 from vit_core import pretrained as P
 from vit_core.checkpoints import sniff_format
+from vit_core.sources import load_split
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,20 +125,20 @@ def test_cifar_download_faults_leave_nothing_behind(tmp_path, cifar_archive, mod
     monkeypatch.setattr(D, "CIFAR10_MD5", D.hashlib.md5(cifar_archive).hexdigest())
     with FaultServer(cifar_archive, mode) as srv:
         url = (refused_url() if mode == "refused" else srv.url) + "/cifar-10-python.tar.gz"
-        # load_cifar10 downloads through download_cifar10 -> download_file; point both at the server
+        # load_split downloads through download_cifar10 -> download_file; point both at the server
         monkeypatch.setattr(D, "download_cifar10", functools.partial(D.download_cifar10, url=url))
         monkeypatch.setattr(D, "download_file", functools.partial(D.download_file, timeout=1.0))
         t0 = time.monotonic()
         with pytest.raises(DataError, match=message):
-            D.load_cifar10(None, "train", download=True, cache_dir=cache)
+            load_split(None, "train", download=True, cache_dir=cache)
         assert time.monotonic() - t0 < 15
     assert _leftovers(cache) == []  # no archive, no .tmp, no extracted folder
     with pytest.raises(DataError, match="not in"):  # and nothing a later offline load would pick up
-        D.load_cifar10(None, "train", cache_dir=cache)
+        load_split(None, "train", cache_dir=cache)
     # The same call against a server that behaves: proves the server speaks HTTP well enough.
     with FaultServer(cifar_archive, "ok") as srv:
         monkeypatch.setattr(D, "download_cifar10", functools.partial(D.download_cifar10.func, url=srv.url + "/c.tgz"))
-        train = D.load_cifar10(None, "train", download=True, cache_dir=cache)
+        train = load_split(None, "train", download=True, cache_dir=cache)
     assert len(train) == 50 and (cache / D.CIFAR10_ARCHIVE).read_bytes() == cifar_archive
 
 
