@@ -16,12 +16,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, go_to, idle, map_point, streamlit_server
+from tests._browser_kit import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    go_to,
+    idle,
+    import_playwright,
+    map_point,
+    skip_without_browser,
+    streamlit_server,
+)
 
-playwright = pytest.importorskip("playwright.sync_api")
+playwright = import_playwright()
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
+    pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]
 
 # (navigation label, page title, plotly charts expected)

@@ -34,19 +34,21 @@ from tests._browser_kit import (
     CHROMIUM_ARGS,
     SCRIPT_IDLE,
     expected_prediction,
+    import_playwright,
     model_for_label,
     parse_prediction,
     png_bytes,
+    skip_without_browser,
     streamlit_server,
     synthetic_photo,
 )
 from tests._fault_servers import FaultServer
 from vit_core import VisionTransformer, ViTConfig, save_checkpoint
 
-playwright = pytest.importorskip("playwright.sync_api")
+playwright = import_playwright()
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
+    pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]
 
 MAX_MESSAGE = 600  # characters: a short message, not a dump

@@ -15,13 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests._browser_kit import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    import_playwright,
+    skip_without_browser,
+    streamlit_server,
+)
 from tests._tiny_data import make_image_folder
 
-playwright = pytest.importorskip("playwright.sync_api")
+playwright = import_playwright()
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
+    pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]
 
 

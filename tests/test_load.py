@@ -14,11 +14,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import math
-from pathlib import Path
 
 import pytest
 
-from tests._browser_kit import CHROMIUM, ROOT, streamlit_server
+from tests._browser_kit import ROOT, import_playwright, skip_without_browser, streamlit_server
 
 SESSIONS = 4
 
@@ -59,9 +58,9 @@ def test_every_streamlit_cache_is_bounded():
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
+@pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium")
 def test_four_concurrent_sessions_each_get_their_own_correct_result():
-    pytest.importorskip("playwright.async_api")
+    import_playwright("playwright.async_api")
     from benchmarks.load_test import check, images_for_wave, run_wave, summary
 
     images = images_for_wave(0, SESSIONS)
