@@ -75,3 +75,41 @@ def token_pca_rgb(hidden_states: Tensor, layer: int, grid: tuple[int, int], num_
     coords = token_pca(hidden_states, layer, num_prefix_tokens, k=3)  # (B, n, 3)
     rgb = scale01(coords, dims=(1,))
     return rgb.reshape(rgb.shape[0], gh, gw, 3)
+
+
+def token_pca_by_depth(hidden_states: Tensor, num_prefix_tokens: int = 1, k: int = 3) -> Tensor:
+    """`token_pca` at every depth, each component's sign matched to the previous depth's.
+
+    PCA defines a component only up to its sign, and the per-depth rule (largest loading
+    positive) can pick opposite signs at neighbouring depths for nearly the same direction, so
+    the colours of `token_pca_rgb` would swap for no reason. Here depth 0 keeps that rule and
+    each later component is flipped when its coordinates correlate negatively with the same
+    component's (already aligned) coordinates one depth before. Components that change order
+    between depths are not matched.
+
+    Args:
+        hidden_states: (B, L+1, N, D).
+        num_prefix_tokens: k tokens skipped before the patches.
+        k: components per depth.
+
+    Returns:
+        (B, L+1, n, k) coordinates of the centred patch tokens.
+    """
+    depths = [token_pca(hidden_states, d, num_prefix_tokens, k) for d in range(hidden_states.shape[1])]
+    for d in range(1, len(depths)):
+        agree = (depths[d] * depths[d - 1]).sum(dim=1, keepdim=True)  # (B, 1, k): sum over patches
+        depths[d] = torch.where(agree < 0, -depths[d], depths[d])
+    return torch.stack(depths, dim=1)
+
+
+def token_pca_rgb_by_depth(hidden_states: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """`token_pca_rgb` at every depth, with the signs of `token_pca_by_depth`.
+
+    Returns:
+        (B, L+1, gh, gw, 3) in [0, 1]: component c, min-max scaled over the image's patches at
+        that depth, is channel c.
+    """
+    gh, gw = check_tokens(hidden_states.shape[2], grid, num_prefix_tokens)
+    coords = token_pca_by_depth(hidden_states, num_prefix_tokens, k=3)  # (B, S, n, 3)
+    rgb = scale01(coords, dims=(2,))
+    return rgb.reshape(*rgb.shape[:2], gh, gw, 3)

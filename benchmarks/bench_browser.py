@@ -1,0 +1,204 @@
+"""How the Attention page feels in a real browser: median time from an input to idle.
+
+Starts `streamlit run app.py` (bundled model, sample cat), opens the Attention page in Debian's
+Chromium (Playwright, the project's kit in tests/_browser_kit.py) and measures, for each input,
+the time from the input to the last change of the page:
+
+- slider: one arrow-key step of the "Layer" slider (alternately left and right);
+- click: a click on a patch of the attention map (alternating between two patches);
+- switch: a click on "Attention" in the sidebar navigation, coming from the Overview.
+
+"Idle" is the moment of the last DOM mutation in the main area once the script run is over
+and nothing has changed for `--quiet` ms (an input must change something; one that changes
+nothing in 60 s counts as NaN): it includes sending the figures, plotly drawing them and
+Streamlit's stale-element fading, which is what a user waits for. Times are read
+off the page's own clock (performance.now), so the polling interval does not add to them.
+
+With `--ref GIT_REV` the same measurements run, interleaved round by round, on a `git
+worktree` of that revision too (e.g. the commit before a change): both apps share the
+machine's load at the same moments, so the two medians compare fairly on a busy machine.
+
+Run:   python benchmarks/bench_browser.py [--rounds 9] [--ref HEAD~3] [--width 1400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests._browser_kit import CHROMIUM, CHROMIUM_ARGS, SCRIPT_IDLE, free_port  # noqa: E402
+
+ACTIONS = ("slider", "click", "switch")
+# Records the page-clock time of every mutation under the main area.
+OBSERVER_JS = """() => {
+  window.__lastMutation = performance.now();
+  window.__mutations = 0;
+  const target = document.querySelector('[data-testid="stMain"]') || document.body;
+  if (window.__obs) window.__obs.disconnect();
+  window.__obs = new MutationObserver(() => { window.__lastMutation = performance.now(); window.__mutations++; });
+  window.__obs.observe(target, {subtree: true, childList: true, attributes: true, characterData: true});
+}"""
+
+
+@contextlib.contextmanager
+def serve(root: Path, log: Path) -> Iterator[str]:
+    """`streamlit run app.py` in `root` on a free port; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
+    cmd += ["--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"streamlit in {root} did not start; see {log}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """A detached `git worktree` of `rev` in a temporary folder, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="bench_ref_")) / "app"
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=ROOT, check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
+
+
+class AttentionPage:
+    """One browser tab on one app, driven to the Attention page."""
+
+    def __init__(self, browser, url: str, width: int, quiet_ms: int) -> None:
+        self.pg = browser.new_page(viewport={"width": width, "height": 1000})
+        self.quiet_ms = quiet_ms
+        self.pg.goto(url)
+        self._wait_idle()
+        self.switch()  # opens the page and warms the caches
+        self.n = {a: 0 for a in ACTIONS}
+
+    def _wait_idle(self, timeout_s: float = 60.0) -> None:
+        self.pg.wait_for_selector(SCRIPT_IDLE, timeout=timeout_s * 1000)
+
+    def _measure(self, act) -> float:
+        """Seconds from `act()` to the last mutation, once the run is over and the page is quiet."""
+        self.pg.evaluate(OBSERVER_JS)
+        t0 = self.pg.evaluate("() => performance.now()")
+        act()
+        time.sleep(0.05)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            self._wait_idle()
+            changed, quiet = self.pg.evaluate("() => [window.__mutations, performance.now() - window.__lastMutation]")
+            if changed and quiet >= self.quiet_ms:
+                break
+            time.sleep(max(0.02, (self.quiet_ms - quiet) / 1000))
+        else:
+            return float("nan")
+        return (self.pg.evaluate("() => window.__lastMutation") - t0) / 1000
+
+    def _nav(self, label: str) -> None:
+        self.pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=label, exact=True).click()
+
+    def switch(self) -> float:
+        self._nav("Overview")
+        self._wait_idle()
+        time.sleep(0.5)
+        return self._measure(lambda: self._nav("Attention"))
+
+    def slider(self) -> float:
+        thumb = self.pg.get_by_role("slider", name="Layer").first
+        thumb.focus()
+        key = "ArrowLeft" if self.n["slider"] % 2 == 0 else "ArrowRight"
+        return self._measure(lambda: self.pg.keyboard.press(key))
+
+    def click(self) -> float:
+        box = self.pg.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
+        side = min(box["width"], box["height"])
+        x0, y0 = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+        f = (0.3, 0.4) if self.n["click"] % 2 == 0 else (0.7, 0.6)
+        x, y = x0 + side * f[0], y0 + side * f[1]
+        self.pg.mouse.move(x, y)
+        time.sleep(0.2)
+        return self._measure(lambda: self.pg.mouse.click(x, y))
+
+    def run(self, action: str) -> float:
+        t = getattr(self, action)()
+        self.n[action] += 1
+        return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=9, help="measurements per action and app")
+    ap.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    ap.add_argument("--ref", help="also measure this git revision (a worktree), interleaved")
+    ap.add_argument("--width", type=int, default=1400, help="browser window width in px")
+    ap.add_argument("--quiet", type=int, default=400, help="ms without change that count as idle")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    logs = ROOT / "tests" / "artifacts"
+    logs.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        apps = {"this tree": ROOT}
+        if args.ref:
+            rev = subprocess.run(
+                ["git", "rev-parse", "--short", args.ref], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout.strip()
+            apps[f"ref {rev}"] = stack.enter_context(worktree(args.ref))
+        urls = {
+            name: stack.enter_context(serve(root, logs / f"bench_browser_{i}.log"))
+            for i, (name, root) in enumerate(apps.items())
+        }
+        p = stack.enter_context(sync_playwright())
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        stack.callback(browser.close)
+        pages = {name: AttentionPage(browser, url, args.width, args.quiet) for name, url in urls.items()}
+        times: dict[str, dict[str, list[float]]] = {name: {a: [] for a in ACTIONS} for name in pages}
+        for r in range(args.warmup + args.rounds):
+            for action in ACTIONS:
+                for name, page in pages.items():
+                    t = page.run(action)
+                    if r >= args.warmup:
+                        times[name][action].append(t)
+        print(f"Attention page, bundled model, sample image, {args.width} px wide; {args.rounds} rounds")
+        print(f"seconds from input to idle: median [min - max]; load average {os.getloadavg()[0]:.1f}")
+        for name, per in times.items():
+            cells = [
+                f"{a} {statistics.median(v):.3f} [{min(v):.2f}-{max(v):.2f}]" for a, v in per.items() if len(v) > 0
+            ]
+            print(f"  {name:>14}: " + " · ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
