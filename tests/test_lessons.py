@@ -155,16 +155,20 @@ def test_every_question_kind_is_used_and_every_lesson_kind_of_state_is_exercised
 def test_constants_match_the_app_and_the_library() -> None:
     from ui.images import sample_images
     from ui.navigation import PAGES as NAV
-    from vit_core.runs import APP_PRESETS
 
-    assert [PAGES[k] for k in PAGES if k != "lessons"] == [p.title for p in NAV]
-    assert set(TRAIN_PRESETS) == set(APP_PRESETS)
+    assert [PAGES[k] for k in PAGES if k != "lessons"] == [p.title for p in NAV if p.title != "Lessons"]
     assert FILLS == OCCLUSION_MODES
     from vit_core.lessons import HEAD_FUSIONS as LESSON_FUSIONS
 
     assert LESSON_FUSIONS == HEAD_FUSIONS
     assert sample_image_names() == list(sample_images())
     assert all(page in PAGES for page, _ in FOCUS.values())
+
+
+def test_train_presets_are_the_train_pages() -> None:
+    from vit_core.runs import APP_PRESETS
+
+    assert set(TRAIN_PRESETS) == set(APP_PRESETS)
 
 
 @pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled model is not installed")
@@ -672,3 +676,24 @@ def test_summary_lists_guesses_against_reality() -> None:
     assert asked == 2 and earned == pytest.approx(responses[0].points + 1.0)
     with pytest.raises(ValueError):
         qa.respond(1, q2, 3, a1)
+
+
+def test_format_md_documents_every_field_and_its_example_is_valid() -> None:
+    from vit_core.lessons import _LESSON_KEYS, _QUESTION_FIELDS, _STATE_KEYS, _STEP_KEYS, SHUFFLE_POSITIONS
+
+    doc = (LESSONS_DIR / "FORMAT.md").read_text()
+    example = doc.split("## A complete example")[1].split("```toml\n")[1].split("```")[0]
+    lesson = load_lesson(example, name="example.toml")
+    assert [s.question.kind for s in lesson.steps] == ["click_patch", "guess_probability"]
+    documented = set(re.findall(r'`"?([^`\s"]+)"?`', doc))
+    fields = {f for fs in _QUESTION_FIELDS.values() for f in fs}
+    names = [*_LESSON_KEYS, *_STEP_KEYS, *_STATE_KEYS, *fields, *PAGES, *FOCUS, *QUESTION_KINDS, *NUMBER_ANSWERS]
+    names += [*NEEDS, *SHUFFLE_POSITIONS]
+    assert sorted(set(names) - documented) == []
+    for name in sample_image_names():
+        assert f'"{name}"' in doc
+    for preset in TRAIN_PRESETS:
+        assert f'`"{preset}"`' in doc
+    assert f"{MAX_STEPS} steps" in doc and f"{MAX_BYTES:,} bytes" in doc
+    cmd = re.search(r'python -c "(.*)" my_lesson.toml', doc).group(1)
+    assert "validate(sys.argv[1])" in cmd

@@ -103,7 +103,7 @@ NEEDS: dict[str, str] = {
 MODELS = ("keep", "bundled", "untrained", "session")  # session: the model trained in this session
 HEAD_FUSIONS = ("mean", "max", "min")  # as vit_core.analysis.attention.HEAD_FUSIONS
 FILLS = ("mean", "zero", "drop")  # as vit_core.analysis.whatif.OCCLUSION_MODES
-TRAIN_PRESETS = ("quick", "bundled", "long")  # as vit_core.runs.APP_PRESETS
+TRAIN_PRESETS = ("demo", "quick", "bundled", "long")  # as vit_core.runs.APP_PRESETS
 SHUFFLE_POSITIONS = {
     "follow": "each patch keeps its own position embedding (positions follow the content)",
     "slot": "the shuffled picture is fed as a new image (each slot gets the slot's position)",
@@ -243,7 +243,7 @@ class StepState:
     class_name: str | None = None  # class map: a class name or "predicted" (`class` in the file)
     tile: int | str | None = None  # position tiles: the selected tile, 0-based patch, "center" or "corner"
     shuffle_seed: int | None = None  # the Position embeddings page's shuffle seed
-    preset: str | None = None  # the Train page's preset: "quick", "bundled" or "long"
+    preset: str | None = None  # the Train page's preset: "demo", "quick", "bundled" or "long"
 
     def is_empty(self) -> bool:
         return all(getattr(self, f) is None for f in self.__dataclass_fields__)
