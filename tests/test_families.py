@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from vit_core import CheckpointError, load_checkpoint, save_checkpoint
 from vit_core.families import AnswerNeededError, detect_family, head_choices
+from vit_core.summary import describe
 
 TOL = 1e-5
 
@@ -627,3 +628,15 @@ def test_attention_grads_exist_for_the_tutorial_model(tmp_path: Path) -> None:
     t = model.trace(_images(1), target=0)
     assert t.attention_grads is not None and t.attention_grads.shape == t.attentions.shape
     assert t.attention_grads.abs().sum() > 0
+
+
+def test_describe_says_what_sets_a_students_model_apart(tmp_path: Path) -> None:
+    tut = describe(load_checkpoint(_save(_randomise(TutorialViT(), seed=4), tmp_path), num_heads=4))
+    assert tut["family"] == "the nn.MultiheadAttention tutorial ViT" and tut["attends_across_batch"]
+    assert "every token attends only to itself" in tut["notes"][0]
+    assert "predicts the same for every image" in tut["notes"][0]  # its class token never reads a patch
+    assert any("Post-norm" in n for n in tut["notes"]) and any("ReLU" in n for n in tut["notes"])
+    lucid = describe(load_checkpoint(_save(LucidViT(), tmp_path, "v.pth"), num_heads=2, global_pool="mean"))
+    assert lucid["head_dim"] == 24 and any("24 wide" in n for n in lucid["notes"])
+    assert any("class token included" in n for n in lucid["notes"])
+    assert any("layer-normalises each flattened patch" in n for n in lucid["notes"])

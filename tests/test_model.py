@@ -22,6 +22,13 @@ CONFIGS = {
     "no_qkv_bias": {"qkv_bias": False},
     "non_square": {"img_size": (24, 40)},
     "features_only": {"num_classes": 0},
+    # the options of students' ViTs (vit_core.families)
+    "post_norm_relu": {"norm_placement": "post", "activation": "relu", "final_norm": False},
+    "stream_norm": {"norm_placement": "stream"},
+    "dim_head": {"dim_head": 20, "qkv_bias": False},
+    "patch_norm_mean_all": {"patch_norm": True, "global_pool": "avg_all", "fc_norm": False},
+    "sincos": {"pos_embed_type": "sincos", "class_token": False, "global_pool": "avg"},
+    "across_batch": {"attention_axis": "batch", "norm_placement": "post", "fc_norm": True, "final_norm": False},
 }
 
 
@@ -200,6 +207,105 @@ def test_config_round_trip_and_validation() -> None:
     ):
         with pytest.raises(ValueError):
             ViTConfig(**{"img_size": 32, "patch_size": 8, **bad})
+
+
+def test_students_options_leave_timm_defaults_alone(make_vit) -> None:
+    """A config written before the options existed reads the same, and builds the same keys."""
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=16, num_heads=2, num_classes=3)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("norm_placement", "activation", "dim_head",
+           "patch_norm", "pos_embed_type", "final_norm", "attention_axis")}  # fmt: skip
+    assert ViTConfig.from_dict(old) == cfg
+    keys = set(make_vit().state_dict())
+    assert not any("pixel_norm" in k or k.startswith("patch_embed.norm") for k in keys)
+    assert {"pos_embed", "norm.weight", "blocks.0.attn.qkv.weight"} <= keys
+    assert (cfg.head_dim, cfg.inner_dim) == (8, 16)
+    for bad in (
+        {"norm_placement": "sandwich"},
+        {"activation": "swish"},
+        {"pos_embed_type": "rope"},
+        {"attention_axis": "images"},
+        {"dim_head": 0},
+        {"pos_embed_type": "sincos", "class_token": False, "global_pool": "avg", "embed_dim": 18, "num_heads": 2},
+        {"pos_embed_type": "sincos"},  # with a class token
+        {"global_pool": "max"},
+    ):
+        with pytest.raises(ValueError):
+            ViTConfig(**{"img_size": 32, "patch_size": 8, "embed_dim": 16, "num_heads": 2, **bad})
+
+
+def test_dim_head_sets_the_projection_shapes(make_vit) -> None:
+    model = make_vit(**SMALL | {"dim_head": 20})
+    attn = model.blocks[0].attn
+    assert attn.qkv.weight.shape == (3 * 4 * 20, 48) and attn.proj.weight.shape == (48, 80)
+    assert model.cfg.inner_dim == 80 and model.cfg.head_dim == 20
+
+
+def test_patch_norm_normalises_each_flattened_patch(make_vit) -> None:
+    """pixel_norm over a patch flattened (c p1 p2), the conv weight as a Linear, then norm."""
+    model = make_vit(dtype=torch.float64, **SMALL | {"patch_norm": True})
+    pe = model.patch_embed
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    patches = x.reshape(2, 3, 4, 8, 4, 8).permute(0, 2, 4, 1, 3, 5).reshape(2, 16, 3 * 64)
+    mu, var = patches.mean(-1, keepdim=True), patches.var(-1, unbiased=False, keepdim=True)
+    normed = (patches - mu) / (var + pe.pixel_norm.eps).sqrt() * pe.pixel_norm.weight + pe.pixel_norm.bias
+    tokens = normed @ pe.proj.weight.reshape(48, -1).T + pe.proj.bias
+    expected = F.layer_norm(tokens, (48,), pe.norm.weight, pe.norm.bias, pe.norm.eps)
+    out, grid = pe(x)
+    assert grid == (4, 4)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
+
+
+def test_sincos_positions_are_fixed_and_follow_the_grid(make_vit) -> None:
+    model = make_vit(**SMALL | CONFIGS["sincos"])
+    assert "pos_embed" not in model.state_dict() and "pos_embed" not in dict(model.named_parameters())
+    pe = model.pos_embed_for((2, 3))[0]  # (6, 48): D/4 = 12 frequencies from 1 down to 1e-4
+    q = 12
+    assert pe.shape == (6, 48)
+    torch.testing.assert_close(pe[4, :q], torch.sin(1 * torch.logspace(0, -4, q)))  # column 1 of row 1
+    torch.testing.assert_close(pe[4, 3 * q :], torch.cos(1 * torch.logspace(0, -4, q)))
+    torch.testing.assert_close(pe[2, 2 * q : 3 * q], torch.zeros(q))  # row 0: sin(0)
+    torch.testing.assert_close(model.pos_embed, model.pos_embed_for((4, 4)))
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "stream"])
+def test_norm_placements_compute_their_formulas(placement: str, make_vit) -> None:
+    model = make_vit(dtype=torch.float64, **SMALL | {"norm_placement": placement, "activation": "relu"})
+    blk = model.blocks[0]
+    x = torch.randn(2, 17, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+    def mlp(t: torch.Tensor) -> torch.Tensor:
+        return blk.mlp.fc2(torch.relu(blk.mlp.fc1(t)))
+
+    def attn(t: torch.Tensor) -> torch.Tensor:
+        return blk.attn(t)[0]
+
+    with torch.no_grad():
+        if placement == "pre":
+            y = x + attn(blk.norm1(x))
+            y = y + mlp(blk.norm2(y))
+        elif placement == "post":
+            y = blk.norm1(x + attn(x))
+            y = blk.norm2(y + mlp(y))
+        else:
+            y = blk.norm1(x)
+            y = y + attn(y)
+            y = blk.norm2(y)
+            y = y + mlp(y)
+        out, _ = blk(x)
+        torch.testing.assert_close(out, y, atol=1e-12, rtol=0)
+        a_in = blk.attention_input(x)
+        torch.testing.assert_close(a_in, x if placement == "post" else blk.norm1(x))
+
+
+def test_attention_across_batch_leaves_each_token_its_own_value(make_vit) -> None:
+    model = make_vit(**SMALL | {"attention_axis": "batch"})
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    tr = model.trace(x)
+    assert model.attends_across_batch
+    assert torch.equal(tr.attentions, torch.eye(17).expand(2, 3, 4, 17, 17))
+    with torch.no_grad():  # each image computes as if alone in its batch
+        alone = torch.cat([model(x[:1]), model(x[1:])])
+        torch.testing.assert_close(model(x), alone)
 
 
 def test_trace_target_is_validated(make_vit) -> None:

@@ -8,7 +8,9 @@ thread (a page body or a widget callback), not from a background training thread
 Model keys (the picker's option values):
     "bundled"            assets/vit_cifar10.safetensors
     "untrained"          a randomly initialised CIFAR-sized ViT (clearly labelled)
-    "file:<path>"        a checkpoint file (under runs/, named by path, or uploaded)
+    "file:<path>"        a checkpoint file (under runs/, named by path, or uploaded); what its
+                         weights cannot tell (a student's ViT: heads, image size, ...) is
+                         answered in the sidebar and kept per path in session state
     "session:<name>"     a model registered by `register_session_model`
     "pretrained:<name>"  an entry of the pretrained catalogue (downloaded on request only)
 """
@@ -37,6 +39,7 @@ from vit_core import (
     describe,
     load_checkpoint,
 )
+from vit_core.families import FAMILIES, SAVE_HELP, AnswerNeededError, Question
 from vit_core.pretrained import download_pretrained, get_pretrained, is_downloaded, list_pretrained, load_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +56,8 @@ _LAST_GOOD = "_model_key_last_good"  # the last model that loaded; used when a n
 _SESSION_MODELS = "session_models"  # name -> SessionModel
 _EXTRA = "extra_model_keys"  # keys added this session (uploads, paths, downloads) -> label
 _ERROR = "model_error"  # a short message about the last failed load, shown once
+_ANSWERS = "model_answers"  # path -> {load_checkpoint keyword: value}: what a file's weights cannot tell
+_QUESTION = "model_question"  # a file waiting for answers: {"key", "label", "family", "questions"}
 
 
 @dataclass
@@ -98,9 +103,19 @@ def session_models() -> dict[str, VisionTransformer]:
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model...")
-def _load_file(path: str, mtime: float, size: int) -> VisionTransformer:
-    """A checkpoint file; `mtime` and `size` are in the key so a rewritten file reloads."""
-    return load_checkpoint(path).eval()
+def _load_file(path: str, mtime: float, size: int, answers: str = "{}") -> VisionTransformer:
+    """A checkpoint file; `mtime` and `size` are in the key so a rewritten file reloads;
+    `answers` (JSON) are `load_checkpoint`'s keywords for what the weights cannot tell."""
+    return load_checkpoint(path, **json.loads(answers)).eval()
+
+
+def file_answers(path: str) -> dict:
+    """The answers given in this session for a checkpoint file (its keywords of load_checkpoint)."""
+    return dict(st.session_state.get(_ANSWERS, {}).get(path, {}))
+
+
+def _set_answers(path: str, answers: dict) -> None:
+    st.session_state.setdefault(_ANSWERS, {})[path] = {k: v for k, v in answers.items() if v is not None}
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
@@ -179,8 +194,10 @@ def load_model(key: str) -> LoadedModel:
     kind, _, name = key.partition(":")
     if kind == "file":
         mtime, size = _file_stat(name)
-        model = _load_file(name, mtime, size)
-        return LoadedModel(model, f"file:{name}:{mtime}:{size}", key, _file_label(name))
+        answers = json.dumps(file_answers(name), sort_keys=True)
+        model = _load_file(name, mtime, size, answers)
+        model_id = f"file:{name}:{mtime}:{size}" + ("" if answers == "{}" else f":{answers}")
+        return LoadedModel(model, model_id, key, _file_label(name))
     if kind == "session":
         sm = st.session_state.get(_SESSION_MODELS, {}).get(name)
         if sm is None:
@@ -196,7 +213,10 @@ def _file_label(path: str) -> str:
     try:
         return str(p.resolve().relative_to(ROOT))
     except ValueError:
-        return p.name if p.parent == UPLOAD_DIR else str(p)
+        if p.parent == UPLOAD_DIR:  # "<stem>-<16 hex digits><suffix>": show the user's own file name
+            stem, _, digest = p.stem.rpartition("-")
+            return f"{stem}{p.suffix}" if stem and len(digest) == 16 else p.name
+        return str(p)
 
 
 def run_checkpoints() -> list[str]:
@@ -227,9 +247,14 @@ def _add_extra(key: str, label: str) -> None:
 
 
 def _try_select(key: str, label: str) -> bool:
-    """Load `key`; on success add it to the menu and select it, else keep the last good model."""
+    """Load `key`; on success add it to the menu and select it, else keep the last good model.
+    A file that needs answers (`AnswerNeededError`) waits for them in the sidebar's form."""
+    st.session_state.pop(_QUESTION, None)
     try:
         load_model(key)
+    except AnswerNeededError as e:
+        st.session_state[_QUESTION] = {"key": key, "label": label, "family": e.family, "questions": e.questions}
+        return False
     except CheckpointError as e:
         st.session_state[_ERROR] = f"{e} The previous model is still in use."
         return False
@@ -237,6 +262,25 @@ def _try_select(key: str, label: str) -> bool:
         _add_extra(key, label)
     st.session_state[_PENDING] = key
     return True
+
+
+def select_from_link(key: str) -> str | None:
+    """Select the model a shared link names (a picker key); None when selected, else why not, in a few words.
+
+    Only what this server has: the picker's menu and catalogue models already downloaded (a
+    link never starts a download, nor names a file by path).
+    """
+    if key in model_options():
+        st.session_state[CHOICE] = key
+        return None
+    kind, _, name = key.partition(":")
+    if kind == "pretrained" and name in pretrained_catalogue():
+        if not pretrained_is_downloaded(name):
+            return f"{name} has not been downloaded on this server: use More models in the sidebar"
+        return None if _try_select(key, f"Pretrained: {name}") else f"{name} could not be loaded"
+    if kind == "session":
+        return "a model trained in another browser session"
+    return f"“{key}”"
 
 
 def _on_upload_checkpoint() -> None:
@@ -296,6 +340,10 @@ def model_picker() -> LoadedModel:
     error = st.session_state.pop(_ERROR, None)
     if error:
         messages.error(error)
+    question = st.session_state.get(_QUESTION)
+    if question:
+        with messages:
+            _ask(question)
     key = st.session_state[CHOICE]
     try:
         loaded = load_model(key)
@@ -307,7 +355,55 @@ def model_picker() -> LoadedModel:
     _model_summary(loaded)
     with sb.expander("More models: pretrained, upload, path"):
         _more_models()
+    with sb.expander("Your own model"):
+        _own_model_help()
     return loaded
+
+
+def _ask(question: dict) -> None:
+    """The form for a file whose weights do not tell everything: one menu per question."""
+    family = FAMILIES.get(question["family"], question["family"])
+    st.info(f"**{question['label']}** looks like {family}. Its weights do not tell everything; please answer:")
+    questions: tuple[Question, ...] = question["questions"]
+    with st.form("model_answers_form", border=False):
+        for q in questions:
+            st.selectbox(
+                q.prompt[:1].upper() + q.prompt[1:], q.choices, format_func=q.label, key=f"answer_{q.argument}"
+            )
+        if st.form_submit_button("Load with these answers", type="primary"):
+            _answer(question)
+            st.rerun()
+    if st.button("Cancel", key="answers_cancel"):
+        st.session_state.pop(_QUESTION, None)
+        st.rerun()
+
+
+def _answer(question: dict) -> None:
+    path = question["key"].partition(":")[2]
+    answers = file_answers(path)
+    for q in question["questions"]:
+        answers[q.argument] = st.session_state.get(f"answer_{q.argument}", q.choices[0])
+    _set_answers(path, answers)
+    _try_select(question["key"], question["label"])  # may ask the next question
+
+
+def _own_model_help() -> None:
+    st.markdown(
+        "Trained your own ViT with vit-pytorch, a tutorial's code or `nn.TransformerEncoderLayer`? Add two lines "
+        "after training, then upload the file above (a Lightning `.ckpt` works too). Only the weights are read."
+    )
+    for family, code, asks in SAVE_HELP:
+        st.markdown(f"**{FAMILIES[family][:1].upper() + FAMILIES[family][1:]}**")
+        st.code(code, language="python")
+        st.caption(f"The app will ask: {asks}.")
+    st.caption("Once loaded, saving it in this app's format keeps your answers with the weights.")
+
+
+def _on_as_intended() -> None:
+    path = st.session_state.get(CHOICE, "").partition(":")[2]
+    answers = file_answers(path)
+    answers["attention_axis"] = "tokens" if st.session_state.get("as_intended") else None
+    _set_answers(path, answers)
 
 
 def _model_summary(loaded: LoadedModel) -> None:
@@ -323,6 +419,37 @@ def _model_summary(loaded: LoadedModel) -> None:
         f"grid {gh}x{gw} · {info['depth']} layers · {info['num_heads']} heads · D {info['embed_dim']} · "
         f"{info['num_classes']} classes" + (f" · {acc:.1%} right on the CIFAR-10 test set" if acc else "")
     )
+    _architecture_notes(loaded, info)
+
+
+def _architecture_notes(loaded: LoadedModel, info: dict) -> None:
+    """What sets a student's model apart, on every page (the sidebar); the batch-attention
+    finding as a warning, with the "as intended" view of the same weights."""
+    sb = st.sidebar
+    notes = list(info["notes"])
+    cfg = loaded.model.cfg
+    family = cfg.extra.get("family") if isinstance(cfg.extra, dict) else None
+    intended = family == "mha-tutorial" and cfg.attention_axis == "tokens"
+    if info["attends_across_batch"]:
+        sb.warning(notes.pop(0))
+    elif intended:
+        sb.warning(
+            "Viewed as intended: tokens attend to tokens. This is not what the file's code computes, nor what "
+            "its weights were trained with; untick the box below to see what it really computes."
+        )
+    if info["family"]:
+        sb.caption(f"Your own model: {info['family']}. " + " ".join(notes))
+    elif notes:
+        sb.caption(" ".join(notes))
+    if loaded.key.startswith("file:") and (info["attends_across_batch"] or intended):
+        st.session_state["as_intended"] = intended
+        sb.checkbox(
+            "View it as intended (tokens attend to tokens)",
+            key="as_intended",
+            on_change=_on_as_intended,
+            help="The same weights with the attention its author meant: across the tokens of each image. "
+            "The weights were trained with the code as written, so expect different predictions.",
+        )
 
 
 def bundled_test_accuracy() -> float | None:
@@ -353,8 +480,8 @@ def _more_models() -> None:
     if st.button("Use it" if have else "Download and use", key="pretrained_go"):
         _download_and_select(name, have)
     st.file_uploader(
-        "Upload a checkpoint (.safetensors, .pth, .bin)",
-        type=["safetensors", "pth", "pt", "bin"],
+        "Upload a checkpoint (.safetensors, .pth, .pt, .bin, Lightning .ckpt)",
+        type=["safetensors", "pth", "pt", "bin", "ckpt"],
         key="model_upload",
         on_change=_on_upload_checkpoint,
     )

@@ -55,6 +55,35 @@ FAMILIES = {
     "mha-tutorial": "the nn.MultiheadAttention tutorial ViT",
     "torch-encoder": "an nn.TransformerEncoderLayer ViT",
 }
+# For a help text: per family, how a student saves the weights and what loading them asks.
+SAVE_HELP = (
+    (
+        "vit-pytorch-vit",
+        'import torch\ntorch.save(v.state_dict(), "my_vit.pth")  # v = ViT(image_size=..., ...)',
+        "the number of heads (`heads`; `dim_head` is read from the weights) and `pool` ('cls' or 'mean')",
+    ),
+    (
+        "vit-pytorch-simple",
+        'import torch\ntorch.save(v.state_dict(), "my_simple_vit.pth")  # v = SimpleViT(...)',
+        "the number of heads and `image_size` (its sine-cosine positions are computed, not saved)",
+    ),
+    (
+        "walkthrough",
+        'import torch\ntorch.save(model.state_dict(), "my_mini_vit.pth")',
+        "nothing: its per-head q/k/v layers tell the heads",
+    ),
+    (
+        "mha-tutorial",
+        'import torch\ntorch.save(model.state_dict(), "my_tutorial_vit.pth")',
+        "the number of heads. Its attention runs across the batch as written; the app says so and offers the "
+        "'as intended' view",
+    ),
+    (
+        "torch-encoder",
+        'import torch\ntorch.save(model.state_dict(), "my_encoder_vit.pth")',
+        "the number of heads (`nhead`), `norm_first` and `activation` of its nn.TransformerEncoderLayer",
+    ),
+)
 # What `load_checkpoint` takes beyond the weights, for the families (see `Question`).
 ANSWER_ARGUMENTS = ("num_heads", "img_size", "global_pool", "norm_first", "activation", "attention_axis")
 _POOLS = {"cls": "token", "token": "token", "mean": "avg_all", "avg_all": "avg_all", "avg": "avg"}
@@ -68,6 +97,11 @@ class Question:
     argument: str  # e.g. "num_heads"
     choices: tuple[Any, ...]  # the likeliest values first
     prompt: str  # one line, for a form
+    labels: tuple[str, ...] = ()  # one per choice, for a menu; empty: the values themselves
+
+    def label(self, value: Any) -> str:
+        """The menu text of one of `choices`."""
+        return self.labels[self.choices.index(value)] if value in self.choices and self.labels else str(value)
 
 
 class AnswerNeededError(CheckpointError):
@@ -575,27 +609,32 @@ def _assemble(
     elif heads is None:
         choices = head_choices(parts.inner)
         prompt = f"how many attention heads share the {parts.inner}-wide fused q/k/v projection"
-        questions.append(Question("num_heads", choices, prompt))
+        labels = tuple(f"{h} heads of {parts.inner // h}" if h > 1 else f"1 head of {parts.inner}" for h in choices)
+        questions.append(Question("num_heads", choices, prompt, labels))
     if heads is not None and (not isinstance(heads, int) or heads < 1 or parts.inner % heads):
         raise CheckpointError(f"{source}: num_heads={heads!r} does not divide the heads' width {parts.inner}.")
 
     img = answers.get("img_size")
     if parts.pos_len is None and img is None:
         prompt = "the image size it was built for (its positions are computed from it, not stored)"
-        questions.append(Question("img_size", image_size_choices(parts.P, parts.C), prompt))
+        sides = image_size_choices(parts.P, parts.C)
+        questions.append(Question("img_size", sides, prompt, tuple(f"{s} x {s} pixels" for s in sides)))
 
     pool = answers.get("global_pool")
     if pool is not None and pool not in _POOLS:
         raise CheckpointError(f"{source}: global_pool={pool!r}; use 'cls' or 'mean'.")
     if family == "vit-pytorch-vit" and pool is None:
-        questions.append(Question("global_pool", ("cls", "mean"), "its pool setting: 'cls' or 'mean' (of all tokens)"))
+        labels = ("pool='cls': the class token (the default)", "pool='mean': the mean of all tokens")
+        questions.append(Question("global_pool", ("cls", "mean"), "its pool setting: 'cls' or 'mean'", labels))
     norm_first = answers.get("norm_first")
     activation = answers.get("activation")
     if family == "torch-encoder":
         if norm_first is None:
-            questions.append(Question("norm_first", (False, True), "whether its layers set norm_first=True"))
+            labels = ("norm_first=False: post-norm (PyTorch's default)", "norm_first=True: pre-norm")
+            questions.append(Question("norm_first", (False, True), "whether its layers set norm_first=True", labels))
         if activation is None:
-            questions.append(Question("activation", ("relu", "gelu"), "its layers' activation"))
+            labels = ("activation='relu' (PyTorch's default)", "activation='gelu'")
+            questions.append(Question("activation", ("relu", "gelu"), "its layers' activation", labels))
     if activation is not None and activation not in ("relu", "gelu"):
         raise CheckpointError(f"{source}: activation={activation!r}; use 'relu' or 'gelu'.")
     axis = answers.get("attention_axis")
@@ -647,6 +686,13 @@ def _assemble(
         patch_norm="patch_embed.pixel_norm.weight" in parts.sd,
         pos_embed_type="sincos" if parts.pos_len is None else "learned",
         attention_axis=axis or ("batch" if family == "mha-tutorial" else "tokens"),
+        # The weights do not record the preprocessing either: the tutorials' usual Resize((H, W)),
+        # ToTensor(), Normalize(0.5, 0.5) (a choice to offer in the app's preprocessing settings).
+        mean=(0.5,) * parts.C,
+        std=(0.5,) * parts.C,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        crop_mode="squash",
     )
     class_names = None
     if config["num_classes"] == 10 and (H, W) == (32, 32) and parts.C == 3:
