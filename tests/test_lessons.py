@@ -341,6 +341,13 @@ def test_lesson_level_problems() -> None:
     ]
 
 
+def test_top_share_counts_as_the_prediction_pages_button() -> None:
+    spec = HideSpec(top_percent=10.0, by="rollout")
+    for n in (1, 9, 10, 16, 30, 64, 70, 196, 576):
+        assert spec.count(n) == max(1, n // 10)
+    assert HideSpec(patches=(1, 2)).count(64) == 2
+
+
 def test_key_lines_skip_multiline_strings_and_index_arrays_of_tables() -> None:
     text = 'a = 1\n[[steps]]\ntext = """\npage = "fake"\n"""\npage = "x"\n[steps.state]\nlayer = 2\n[[steps]]\nstate.head = 1\n'
     lines = key_lines(text)

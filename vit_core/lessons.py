@@ -225,7 +225,7 @@ class HideSpec:
         """How many patches this hides on a grid of `num_patches` (the top share: at least 1)."""
         if self.top_percent is None:
             return len(self.patches)
-        return max(1, int(num_patches * self.top_percent / 100.0))
+        return max(1, math.floor(num_patches * self.top_percent / 100.0 + 1e-9))  # 10% of 64: 6, as n // 10
 
 
 @dataclass(frozen=True)
