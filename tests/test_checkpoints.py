@@ -162,6 +162,8 @@ def test_timm_pth_wrapped_and_prefixed(tmp_path: Path, make_timm_sd) -> None:
         "model.pth": {"model": sd, "epoch": 3},
         "ema.pth": {"state_dict": other, "state_dict_ema": sd, "optimizer": {"lr": 0.1}},
         "ddp.pt": {"state_dict": {"module." + k: v for k, v in sd.items()}},
+        # a Lightning module holding the network as self.model, compiled
+        "lightning.ckpt": {"state_dict": {"model._orig_mod." + k: v for k, v in sd.items()}, "epoch": 2},
     }
     for name, obj in cases.items():
         torch.save(obj, tmp_path / name)
@@ -421,6 +423,11 @@ def test_unknown_formats(tmp_path: Path) -> None:
     save_file({"conv1.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "resnet.safetensors")
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
         load_checkpoint(tmp_path / "resnet.safetensors")
+    torch.save(
+        {"model.conv1.weight": torch.zeros(4, 3, 3, 3), "model.fc.weight": torch.zeros(10, 4)}, tmp_path / "r.pth"
+    )
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):  # no family of students' ViTs either
+        load_checkpoint(tmp_path / "r.pth")
     torch.save([torch.zeros(3)], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="not a state dict"):
         load_checkpoint(tmp_path / "list.pth")
