@@ -20,11 +20,11 @@ import torch
 from tests._tiny_data import make_cifar_archive, make_image_folder, make_jpeg_archive, tiny_config, wait_for
 from vit_core import analysis as A
 from vit_core import fetch, load_checkpoint, runs, sources
-from vit_core.costs import estimate_seconds, measure_seconds_per_image, model_size
+from vit_core.costs import calibrate, estimate_seconds, forward_flops, model_size, seconds_per_image
 from vit_core.download_job import DownloadJob
 from vit_core.errors import DataError
 from vit_core.model import VisionTransformer
-from vit_core.runs import RunLimitError, TrainingRun, active_runs
+from vit_core.runs import TrainingRun, active_runs
 from vit_core.snapshots import take_snapshot
 from vit_core.sources import DataSource, inspect_source, load_source, missing_data_help
 from vit_plots.training import confusion_figure, ema, per_class_figure, training_curves_figure
@@ -40,7 +40,7 @@ def env(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield tmp_path
-    for run in active_runs():
+    for run in runs.queued_runs() + active_runs():
         run.stop()
         run.join(30)
     torch.set_num_threads(threads)
@@ -223,20 +223,27 @@ def test_too_few_images_for_one_batch_is_a_clear_failure(folder):
 # ---- the server-wide cap -----------------------------------------------------------------------
 
 
-def test_cap_on_concurrent_runs(folder, monkeypatch):
+def test_a_full_server_queues_the_run_and_starts_it_when_a_slot_frees(folder, monkeypatch):
+    """Before: the second run was refused (RunLimitError) while a paused run held the only slot."""
     monkeypatch.setenv("VIT_EXPLORER_MAX_RUNS", "1")
     first = TrainingRun(tiny_config(epochs=200), DataSource("path", str(folder)))
     second = TrainingRun(tiny_config(epochs=1), DataSource("path", str(folder)))
+    third = TrainingRun(tiny_config(epochs=1), DataSource("path", str(folder)))
     first.start()
-    first.pause()  # a paused run keeps its place
-    with pytest.raises(RunLimitError, match=r"already training 1 model.*VIT_EXPLORER_MAX_RUNS=1"):
-        second.start()
-    assert second.view().status == "new" and not second.alive
+    first.pause()
+    second.start()  # no refusal: a place in the queue
+    third.start()
+    assert second.view().status == "queued" and second.view().queue_position == 1 and not second.alive
+    assert third.view().queue_position == 2
+    assert runs.queued_runs() == [second, third]
+    third.stop()  # leaving the queue
+    assert third.view().status == "stopped" and "Left the queue" in third.view().message
+    assert runs.queued_runs() == [second]
     first.stop()
     assert first.join(30)
-    assert active_runs() == []
-    second.start()  # the slot is free again
+    wait_for(lambda: second.alive or second.view().done, what="the queued run to start by itself")
     assert second.join(60) and second.view().status == "finished"
+    assert active_runs() == [] and runs.queued_runs() == []
 
 
 def test_max_runs_setting(monkeypatch):
@@ -367,7 +374,7 @@ def test_a_tar_of_an_image_folder_is_unpacked_once_and_loaded(folder, env):
     assert inspect_source(DataSource("path", str(archive))).description.startswith("archive tiny.tar.gz")
     train, test = load_source(DataSource("path", str(archive)))
     assert len(train) == 72 and len(test) == 24
-    assert len(list((env / "cache" / "archives").iterdir())) == 1
+    assert len([p for p in (env / "cache" / "archives").iterdir() if p.is_dir()]) == 1
 
 
 def test_an_official_format_archive_is_checked_against_the_published_md5(env, monkeypatch):
@@ -414,11 +421,11 @@ def test_model_size_matches_the_real_model_and_the_estimate_adds_up():
     cfg = tiny_config(embed_dim=64, depth=2, num_heads=4, patch_size=4)
     params, tokens = model_size(cfg, 10)
     assert params == VisionTransformer(cfg.vit_config(10)).num_params() and tokens == 65
-    spi = measure_seconds_per_image(cfg, 10, batch=8, steps=1)
-    assert 0 < spi < 1
+    spi = seconds_per_image(cfg, calibrate(1), 10)
+    assert 0 < spi < 1 and forward_flops(cfg, 10) > 0
     # 1000 images, batch 8 -> 125 steps/epoch, 2 epochs = 250 steps; eval every 50 steps -> 6 evals
     c = cfg.replace(epochs=2, batch_size=8, eval_every=50)
-    expected = 250 * 8 * 0.01 + (6 * 100 + 2 * 400) * 0.01 / 3
+    expected = 250 * 8 * 0.01 + (6 * 100 + 400) * 0.01 / 3
     assert estimate_seconds(c, 0.01, train_size=1000, eval_size=100, test_size=400) == pytest.approx(expected)
 
 

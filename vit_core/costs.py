@@ -1,15 +1,30 @@
-"""What a training run will cost, before it starts: model size, measured speed, a time estimate."""
+"""What a training run will cost, before it starts: model size, FLOPs, and a time estimate.
+
+The estimate is a FLOP count divided by this server's training speed in FLOP/s, which is
+measured once per process (`calibrate`, a few training steps of a small fixed ViT, well
+under a second of CPU) and shared by every session. Changing the form costs arithmetic only:
+no step of the user's model is ever timed in a page run.
+"""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .fileio import SingleFlight
 from .model import VisionTransformer
 from .train import TrainConfig, resolve_device
+
+# The calibration model: the shape of the small presets, so that the FLOP/s it measures is the
+# one a run of those shapes gets (tiny matrices run at a lower FLOP/s than large ones).
+CALIBRATION = TrainConfig(patch_size=4, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
+CALIBRATION_BATCH = 32
+CALIBRATION_STEPS = 2
 
 
 def model_size(cfg: TrainConfig, num_classes: int = 10) -> tuple[int, int]:
@@ -20,31 +35,100 @@ def model_size(cfg: TrainConfig, num_classes: int = 10) -> tuple[int, int]:
     return model.num_params(), model.num_prefix_tokens + gh * gw
 
 
-def measure_seconds_per_image(cfg: TrainConfig, num_classes: int = 10, batch: int = 32, steps: int = 2) -> float:
-    """Seconds one training image costs with this model shape on this machine, measured now.
+def forward_flops(cfg: TrainConfig, num_classes: int = 10) -> float:
+    """Multiply-adds x 2 of one image through the ViT `cfg` trains (FLOPs, no memory used).
 
-    One warm-up step, then `steps` timed forward + backward + AdamW steps on a random batch
-    of `batch` images; the fastest is kept (other work on the machine only ever slows a step).
+    Per block: qkv and output projections 4 N D^2, MLP 2 r N D^2, attention scores and
+    weighted sum 2 N^2 D (multiply-adds); plus the patch embedding N P^2 C D and the head.
     """
-    device = resolve_device(cfg.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = VisionTransformer(cfg.vit_config(num_classes)).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=device)
-        y = torch.randint(0, num_classes, (batch,), device=device)
-        best = math.inf
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i > 0:
-                best = min(best, time.perf_counter() - t0)
-    return best / batch
+    n = (cfg.img_size // cfg.patch_size) ** 2
+    tokens = n + 1
+    d, r = cfg.embed_dim, cfg.mlp_ratio
+    block = (4 + 2 * r) * tokens * d * d + 2 * tokens * tokens * d
+    macs = n * cfg.patch_size**2 * 3 * d + cfg.depth * block + d * num_classes
+    return 2.0 * macs
+
+
+def train_flops_per_image(cfg: TrainConfig, num_classes: int = 10) -> float:
+    """FLOPs of one training image: forward plus backward (about twice the forward)."""
+    return 3.0 * forward_flops(cfg, num_classes)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """This server's measured training speed."""
+
+    flops_per_s: float  # training FLOP/s of the calibration model (forward + backward + AdamW)
+    seconds: float  # how long the measurement took
+    threads: int  # torch threads it ran on
+    measured_at: float  # time.time() of the measurement
+
+
+_CALIBRATION: dict[tuple[str, int], Calibration] = {}
+_CALIBRATION_LOCK = threading.Lock()
+_FLIGHT = SingleFlight()
+
+
+def calibrate(threads: int | None = None, device: str = "auto") -> Calibration:
+    """This server's training FLOP/s on `threads` threads, measured at the first call and then cached for the process.
+
+    Concurrent first calls (many sessions opening the Train page at once) share one measurement.
+    """
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    key = (str(resolve_device(device)), threads)
+    with _CALIBRATION_LOCK:
+        hit = _CALIBRATION.get(key)
+    if hit is not None:
+        return hit
+
+    def measure() -> Calibration:
+        cal = _measure(threads, device)
+        with _CALIBRATION_LOCK:
+            _CALIBRATION[key] = cal
+        return cal
+
+    return _FLIGHT.do(key, measure)
+
+
+def _measure(threads: int, device: str) -> Calibration:
+    t_start = time.perf_counter()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cfg = CALIBRATION.replace(device=device)
+        dev = resolve_device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = VisionTransformer(cfg.vit_config(10)).to(dev)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            x = torch.randn(CALIBRATION_BATCH, 3, cfg.img_size, cfg.img_size, device=dev)
+            y = torch.randint(0, 10, (CALIBRATION_BATCH,), device=dev)
+            best = math.inf
+            for i in range(CALIBRATION_STEPS + 1):  # one warm-up step, then the fastest timed one
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                if i > 0:
+                    best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    flops = train_flops_per_image(CALIBRATION, 10) * CALIBRATION_BATCH / best
+    return Calibration(flops, time.perf_counter() - t_start, threads, time.time())
+
+
+def cached_calibration() -> Calibration | None:
+    """The calibration measured so far in this process (any thread count), or None."""
+    with _CALIBRATION_LOCK:
+        return next(iter(_CALIBRATION.values()), None)
+
+
+def seconds_per_image(cfg: TrainConfig, calibration: Calibration, num_classes: int = 10) -> float:
+    """Seconds one training image of `cfg` costs on this server: its FLOPs over the calibrated FLOP/s."""
+    return train_flops_per_image(cfg, num_classes) / calibration.flops_per_s
 
 
 def estimate_seconds(
@@ -58,5 +142,5 @@ def estimate_seconds(
     steps_per_epoch, total_steps = cfg.steps(train_size)
     evals = total_steps // (cfg.eval_every or steps_per_epoch) + 1
     train_s = total_steps * cfg.batch_size * seconds_per_image
-    eval_s = (evals * eval_size + 2 * test_size) * seconds_per_image / 3  # +2: final accuracy and the mistakes
+    eval_s = (evals * eval_size + test_size) * seconds_per_image / 3  # the final pass gives accuracy and mistakes
     return train_s + eval_s

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from .fetch import (
     resolve_cache_dir,
 )
 from .fileio import atomic_write
+from .limits import Limits, current_limits
+
+ProgressFn = Callable[[int, int], None]  # (images decoded, images in the split)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _FOLDER_CACHE_VERSION = 1
@@ -144,6 +148,9 @@ def load_image_folder(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     max_imbalance: float = 10.0,
+    limits: Limits | None = None,
+    max_side: int | None = None,
+    progress: ProgressFn | None = None,
 ) -> ImageDataset:
     """Read `<root>/<split>/<class>/*.jpg|png` into memory, cached as an `.npz` after the first read.
 
@@ -159,11 +166,18 @@ def load_image_folder(
             modification times, so a changed folder is decoded again).
         max_imbalance: refuse folders whose largest class has more than this many times the
             images of the smallest.
+        limits: the server's caps (default `current_limits()`): at most `max_dataset_images`
+            images, counted from the file names, and at most `max_dataset_image_pixels` per
+            image, read from each file's header before it is decoded.
+        max_side: also refuse images wider or taller than this (a training run's cap).
+        progress: called as `progress(images decoded, images)` while decoding.
 
     Raises:
         DataError: missing or empty folder or class, unreadable image, mixed sizes, a class
-            imbalance above `max_imbalance`, or classes that do not match `class_names`.
+            imbalance above `max_imbalance`, classes that do not match `class_names`, or more
+            images or pixels than the limits allow (before any image is decoded).
     """
+    lim = current_limits() if limits is None else limits
     root = Path(root)
     split_dir = root / split
     if not split_dir.is_dir():
@@ -189,6 +203,11 @@ def load_image_folder(
             "images of the smallest. Add images to the small classes or remove some from the large ones."
         )
     paths = [p for c in class_names for p in by_class[c]]
+    if len(paths) > lim.max_dataset_images:
+        raise DataError(
+            f"{split_dir} has {len(paths):,} images; this server reads at most {lim.max_dataset_images:,} "
+            "(VIT_EXPLORER_MAX_DATASET_IMAGES). Use fewer images."
+        )
     labels = np.repeat(np.arange(len(class_names), dtype=np.int64), counts)
 
     key = hashlib.sha1(usedforsecurity=False)
@@ -207,18 +226,25 @@ def load_image_folder(
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache is decoded again below and overwritten
 
-    images = _decode_images(paths, image_size)
+    images = _decode_images(paths, image_size, lim.max_dataset_image_pixels, max_side, progress)
     if use_cache:
         _save_npz_atomic(cache_file, images=images)
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), list(class_names), source)
 
 
-def _decode_images(paths: list[Path], image_size: int | None) -> np.ndarray:
+def _decode_images(
+    paths: list[Path],
+    image_size: int | None,
+    max_pixels: int,
+    max_side: int | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     size: tuple[int, int] | None = (image_size, image_size) if image_size else None
     out: np.ndarray | None = None
     for i, p in enumerate(paths):
         try:
             with Image.open(p) as im:
+                _check_header(p, im.size, max_pixels, max_side)  # from the header: nothing decoded yet
                 im = im.convert("RGB")
                 if size is None:
                     size = im.size
@@ -230,13 +256,29 @@ def _decode_images(paths: list[Path], image_size: int | None) -> np.ndarray:
                         )
                     im = im.resize(size, Image.Resampling.BICUBIC)
                 arr = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
             raise DataError(f"{p} is not a readable image ({e}). Remove or replace it.") from None
         if out is None:
             out = np.empty((len(paths), 3, arr.shape[0], arr.shape[1]), dtype=np.uint8)
         out[i] = arr.transpose(2, 0, 1)
+        if progress is not None and (i % 500 == 0 or i + 1 == len(paths)):
+            progress(i + 1, len(paths))
     assert out is not None
     return out
+
+
+def _check_header(p: Path, size: tuple[int, int], max_pixels: int, max_side: int | None) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise DataError(
+            f"{p.name} is {w}x{h} pixels; this server reads training images of at most {max_pixels:,} pixels "
+            "(VIT_EXPLORER_MAX_DATASET_IMAGE_PIXELS). Use smaller images, such as CIFAR-10's 32x32."
+        )
+    if max_side is not None and max(w, h) > max_side:
+        raise DataError(
+            f"{p.name} is {w}x{h} pixels; this server trains on images of at most {max_side}x{max_side} "
+            "(VIT_EXPLORER_MAX_TRAIN_IMG_SIZE). Use smaller images, such as CIFAR-10's 32x32."
+        )
 
 
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:

@@ -26,7 +26,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ import numpy as np
 from .config import CIFAR10_CLASSES
 from .errors import DataError
 from .fileio import atomic_write
+from .limits import Limits, current_limits, fmt_bytes
+from .uploads import evict_lru, mark_owned
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page beside the link
@@ -174,28 +176,30 @@ def download_cifar10(
     return download_file(url, archive, md5=CIFAR10_MD5, progress=progress)
 
 
-def extract_tar_safely(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Extract a tar archive into the folder `dest`, refusing anything that could escape it.
+def extract_tar_safely(archive: str | os.PathLike, dest: str | os.PathLike, limits: Limits | None = None) -> Path:
+    """Extract a tar archive into the folder `dest`, refusing anything that could escape it or is too big.
 
     Only regular files and folders are accepted; absolute names, `..` components, symbolic
-    and hard links and device files raise a `DataError`. Extraction happens in a temporary
-    folder beside `dest` that is renamed to `dest` at the end, so an interrupted extraction
-    never leaves a partial `dest`. An existing `dest` is replaced.
+    and hard links and device files raise a `DataError`. Members are read one at a time and
+    counted as they arrive: the archive stops being read at the server's member count or total
+    uncompressed size (`limits.max_archive_members`, `limits.max_archive_bytes`), before the
+    member that would pass a cap is written. Extraction happens in a temporary folder beside
+    `dest` that is renamed to `dest` at the end, so a refused or interrupted extraction leaves
+    nothing behind. An existing `dest` is replaced.
 
     Raises:
-        DataError: unreadable archive or an unsafe member.
+        DataError: unreadable archive, an unsafe member, or over a limit.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent))
+    name = Path(archive).name
     try:
         try:
             with tarfile.open(archive, "r:*") as tf:
-                members = tf.getmembers()
                 root = tmp.resolve()
-                for m in members:
+                for m in members_within_limits(tf, name, limits):
                     _check_member(m, root)
-                for m in members:
                     if m.isdir():
                         (root / m.name).mkdir(parents=True, exist_ok=True)
                         continue
@@ -203,11 +207,11 @@ def extract_tar_safely(archive: str | os.PathLike, dest: str | os.PathLike) -> P
                     target.parent.mkdir(parents=True, exist_ok=True)
                     src = tf.extractfile(m)
                     if src is None:  # pragma: no cover - regular files always have data
-                        raise DataError(f"{Path(archive).name}: member {m.name!r} has no data.")
+                        raise DataError(f"{name}: member {m.name!r} has no data.")
                     with src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{Path(archive).name} is not a readable tar archive (truncated or damaged): {e}") from None
+            raise DataError(f"{name} is not a readable tar archive (truncated or damaged): {e}") from None
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -215,6 +219,82 @@ def extract_tar_safely(archive: str | os.PathLike, dest: str | os.PathLike) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def members_within_limits(tf: tarfile.TarFile, name: str, limits: Limits | None = None) -> Iterator[tarfile.TarInfo]:
+    """The members of an open archive, read one header at a time, until a limit would be passed.
+
+    Counts every member and adds up the sizes its headers declare (what extraction writes),
+    and raises before yielding the member that passes `max_archive_members` or
+    `max_archive_bytes`, so a 1 MB archive that unpacks to 1 GB costs one header read, not 1 GB.
+
+    Raises:
+        DataError: over a limit, with the limit and what to do.
+    """
+    lim = current_limits() if limits is None else limits
+    count = total = 0
+    for m in tf:
+        count += 1
+        if count > lim.max_archive_members:
+            raise DataError(
+                f"{name} holds more than {lim.max_archive_members:,} files and folders, this server's limit "
+                "(VIT_EXPLORER_MAX_ARCHIVE_MEMBERS). Nothing from it was kept; use a smaller dataset."
+            )
+        total += max(0, int(m.size)) if m.isfile() else 0
+        if total > lim.max_archive_bytes:
+            raise DataError(
+                f"{name} unpacks to more than {fmt_bytes(lim.max_archive_bytes)}, this server's limit "
+                "(VIT_EXPLORER_MAX_ARCHIVE_MB). Nothing from it was kept; use a smaller dataset."
+            )
+        yield m
+        tf.members = []  # TarFile keeps every header it read; the caller needs only this one
+
+
+def check_archive_bytes(data: bytes, name: str, limits: Limits | None = None) -> str:
+    """What an uploaded dataset archive holds, checked in memory before anything is written.
+
+    Reads the (compressed) bytes as a tar stream without writing a file: member count and
+    total size within the limits, every member safe to extract, images within
+    `max_dataset_images`, and a layout the trainer reads.
+
+    Returns:
+        "cifar10" (the official python layout) or "image folder" (`[top/]train/<class>/*.jpg`).
+
+    Raises:
+        DataError: not a readable tar archive, unsafe, over a limit, or another layout.
+    """
+    lim = current_limits() if limits is None else limits
+    cifar = False
+    images = 0
+    splits: set[str] = set()
+    root = Path("/nonexistent-root")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+            for m in members_within_limits(tf, name, lim):
+                _check_member(m, root)
+                parts = [p for p in Path(m.name).parts if p not in (".", "")]
+                if parts and parts[0] == CIFAR10_FOLDER:
+                    cifar = True
+                if m.isfile() and Path(m.name).suffix.lower() in (".jpg", ".jpeg", ".png"):
+                    images += 1
+                    if images > lim.max_dataset_images:
+                        raise DataError(
+                            f"{name} holds more than {lim.max_dataset_images:,} images, this server's limit "
+                            "(VIT_EXPLORER_MAX_DATASET_IMAGES). Nothing was kept; use a smaller dataset."
+                        )
+                    for i, part in enumerate(parts[:2]):
+                        if part in ("train", "test") and len(parts) == i + 3:
+                            splits.add(part)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{name} is not a readable tar archive (truncated or damaged): {e}") from None
+    if cifar:
+        return "cifar10"
+    if splits == {"train", "test"}:
+        return "image folder"
+    raise DataError(
+        f"{name} holds neither CIFAR-10's {CIFAR10_FOLDER}/ nor an image folder with train/<class>/*.jpg "
+        "and test/<class>/*.jpg (at the top or inside one folder). Nothing was kept."
+    )
 
 
 def _check_member(m: tarfile.TarInfo, root: Path) -> None:
@@ -368,29 +448,58 @@ def prepare_cifar10_archive(
     return folder
 
 
-def is_cifar10_archive(archive: str | os.PathLike) -> bool:
+def is_cifar10_archive(archive: str | os.PathLike, limits: Limits | None = None) -> bool:
     """Whether a tar archive holds CIFAR-10's `cifar-10-batches-py/` folder (by member names; no checksum).
 
+    Stops at the first CIFAR-10 member, and at the archive limits (`members_within_limits`).
+
     Raises:
-        DataError: not a readable tar archive.
+        DataError: not a readable tar archive, or over a limit.
     """
+    name = Path(archive).name
     try:
         with tarfile.open(archive, "r:*") as tf:
-            names = tf.getnames()
+            for m in members_within_limits(tf, name, limits):
+                if m.name.split("/")[0] == CIFAR10_FOLDER or m.name.startswith(f"./{CIFAR10_FOLDER}"):
+                    return True
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{Path(archive).name} is not a readable tar archive (truncated or damaged): {e}") from None
-    return any(n.split("/")[0] == CIFAR10_FOLDER or n.startswith(f"./{CIFAR10_FOLDER}") for n in names)
+        raise DataError(f"{name} is not a readable tar archive (truncated or damaged): {e}") from None
+    return False
 
 
-def unpack_archive(archive: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Extract any tar archive (safely) once into `<cache_dir>/archives/<content hash>` and return that folder.
+ARCHIVES_DIR = "archives"  # <cache>/archives/<content hash>: unpacked archives, least recently used evicted
+COMPLETE = ".complete"  # written into an unpacked archive's folder when it is whole
+
+
+def unpack_archive(
+    archive: str | os.PathLike, cache_dir: str | os.PathLike | None = None, limits: Limits | None = None
+) -> Path:
+    """Extract any tar archive (safely, within the limits) once into `<cache_dir>/archives/<content hash>`.
+
+    The archives folder is kept under `limits.data_cache_bytes`: after an unpack, the least
+    recently used other entries are removed (`uploads.evict_lru`); a reused entry is touched.
 
     Raises:
-        DataError: damaged archive or unsafe members.
+        DataError: damaged archive, unsafe members or over a limit (nothing is left behind).
     """
+    lim = current_limits() if limits is None else limits
     archive = Path(archive)
-    dest = resolve_cache_dir(cache_dir) / "archives" / file_md5(archive)[:16]
-    if not (dest / ".complete").is_file():
-        extract_tar_safely(archive, dest)
-        (dest / ".complete").write_text(archive.name)
+    parent = resolve_cache_dir(cache_dir) / ARCHIVES_DIR
+    dest = parent / file_md5(archive)[:16]
+    if (dest / COMPLETE).is_file():
+        os.utime(dest / COMPLETE)  # recently used: last to be evicted
+        return dest
+    mark_owned(parent)
+    extract_tar_safely(archive, dest, lim)
+    (dest / COMPLETE).write_text(archive.name)
+    evict_lru(parent, lim.data_cache_bytes, keep=(dest.name,))
     return dest
+
+
+def archive_entry(folder: str | os.PathLike) -> Path | None:
+    """The `<cache>/archives/<hash>` folder that `folder` lies in (an unpacked archive), or None."""
+    p = Path(folder)
+    for q in (p, *p.parents):
+        if q.parent.name == ARCHIVES_DIR and (q / COMPLETE).is_file():
+            return q
+    return None

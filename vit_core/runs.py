@@ -6,8 +6,8 @@ reads a consistent copy with `run.view()`. Control goes the other way through ev
 (pause, unpause, stop), so a click never waits for a training step.
 
     run = TrainingRun(cfg, DataSource("path", "data/cifar10"))
-    run.start()                  # RunLimitError when the server already trains max_runs()
-    v = run.view()               # RunView: status, progress, curves, snapshots, evaluations
+    run.start()                  # trains now, or waits in the queue while every slot is taken
+    v = run.view()               # RunView: status, queue place, progress, curves, snapshots, evaluations
     run.pause(); run.unpause()   # the loop waits between steps
     run.stop()                   # saves last.pt (exact resume) and model.safetensors
     run.resume()                 # a stopped run continues from its last.pt on a new thread
@@ -22,10 +22,19 @@ Server-wide settings (environment variables, read when used):
     VIT_EXPLORER_MAX_RUNS      concurrent training threads in this process (default 2)
     VIT_EXPLORER_RUN_GRACE_S   seconds a run whose owner disconnected keeps going, waiting
                                for a reconnect, before it is stopped (default 30)
-    VIT_EXPLORER_TRAIN_DIR     where run folders go (default <tmp>/vit-explorer-train;
-                               folders older than a day are removed when a new run starts)
-    VIT_EXPLORER_TRAIN_THREADS torch threads of each training thread (default: all cores;
-                               a server shared by a class may want 1)
+    VIT_EXPLORER_TRAIN_DIR     where run folders go (default <tmp>/vit-explorer-train; run
+                               folders this module made, older than a day, are removed when a
+                               new run starts: only folders holding its marker file)
+    VIT_EXPLORER_TRAIN_THREADS torch threads of each training thread (default: the cores
+                               divided by VIT_EXPLORER_MAX_RUNS, at least 1)
+
+and the caps of `vit_core.limits` (`max_epochs`, `max_run_seconds`, `paused_release_s`,
+`max_train_img_size`, `max_tokens`): a run over one is refused with the reason, a run that
+reaches its wall-clock cap is stopped (and can be looked at, not resumed), and a run paused
+for longer than `paused_release_s` is stopped so that its slot goes to the next in the queue.
+
+When every slot is taken, `start()` puts the run in a first-in first-out queue (`QUEUED`,
+`RunView.queue_position`) and it starts by itself when a slot frees.
 
 An owner (an app session) can pass `owner_alive`, a callable that says whether it is still
 connected; a watchdog thread checks it once a second for every active run, so a run whose
@@ -53,11 +62,12 @@ from .batches import normalize_batch
 from .checkpoints import save_checkpoint
 from .data import ImageDataset
 from .errors import DataError, VitCoreError
-from .evaluation import EvalResult, misclassified
+from .evaluation import EvalResult, eval_result, evaluate
+from .limits import check_model_cost, current_limits
 from .model import VisionTransformer
 from .snapshots import Snapshot, take_snapshot
 from .sources import DataSource, load_source
-from .threads import training_threads
+from .threads import TRAIN_THREADS_ENV, training_threads
 from .train import PRESETS, StepMetrics, TrainConfig, Trainer
 
 MAX_RUNS_ENV = "VIT_EXPLORER_MAX_RUNS"
@@ -66,36 +76,58 @@ RUNS_DIR_ENV = "VIT_EXPLORER_TRAIN_DIR"
 DEFAULT_MAX_RUNS = 2
 DEFAULT_GRACE_S = 30.0
 STALE_RUN_S = 24 * 3600  # run folders older than this are swept when a new run starts
+RUN_MARKER = ".vit-explorer-run"  # written into every run folder this module creates; the sweep needs it
 
-# Recipes the app offers: the trainer's two, and a longer run of the bundled recipe.
+# Recipes the app offers: a demo for a lesson, the trainer's two, and a longer run of the bundled recipe.
 APP_PRESETS: dict[str, TrainConfig] = {
+    "demo": PRESETS["demo"],
     "quick": PRESETS["quick"],
     "bundled": PRESETS["bundled"],
     "long": PRESETS["bundled"].replace(epochs=30, warmup_epochs=2.0, name="ViT-CIFAR10 (30 epochs)"),
 }
+# What each preset is for (no times: the page shows the estimate for this server, and BENCHMARKS).
 PRESET_NOTES = {
-    "quick": "the curves move within the first minute; about 60% test accuracy after 10 minutes on a 2-core CPU",
-    "bundled": "the first run of the bundled model: 1.5x the width and depth, about 2.7x slower per image",
-    "long": "the bundled recipe for 30 epochs: about 3 hours on an idle 2-core CPU, far less on a GPU (the CLI's --preset long is 100 epochs)",
+    "demo": "for a lesson: past 50% test accuracy in a few minutes, with the position grid visible",
+    "quick": "the curves move within the first minute; a better model than the demo",
+    "bundled": "the first run of the bundled model: 1.5x the width and depth of quick",
+    "long": "the bundled recipe for 30 epochs (the CLI's --preset long is 100 epochs)",
+}
+# Measured by benchmarks/bench_train_demo.py (demo) and the runs in assets/README.md ("Presets"):
+# (what was measured, on which machine). Shown beside the estimate for this server.
+BENCHMARKS = {
+    "demo": "BENCH_DEMO",
+    "quick": "about 60% test accuracy after 10 min (5 epochs) on a 2-core AMD EPYC CPU",
+    "bundled": "about 2.7x the time per image of quick, same machine",
+    "long": "about 3 h on an idle 2-core AMD EPYC CPU",
 }
 
 
-def preset_summary(key: str) -> str:
-    """'patch 4 (65 tokens), D 128, 5 epochs: <note>' for a preset of `APP_PRESETS`."""
+def preset_summary(key: str, estimate_s: float | None = None) -> str:
+    """'patch 4 (65 tokens), D 128, 5 epochs: <note>' for a preset of `APP_PRESETS`, with an estimate if given."""
     cfg = APP_PRESETS[key]
     tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
-    return f"patch {cfg.patch_size} ({tokens} tokens), D {cfg.embed_dim}, {cfg.epochs:g} epochs: {PRESET_NOTES.get(key, '')}"
+    est = f" · about {_fmt_minutes(estimate_s)} on this server now" if estimate_s is not None else ""
+    return f"patch {cfg.patch_size} ({tokens} tokens), D {cfg.embed_dim}, {cfg.epochs:g} epochs{est}: {PRESET_NOTES.get(key, '')}"
+
+
+def _fmt_minutes(s: float) -> str:
+    if s < 90:
+        return f"{max(1, round(s)):.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
 
 
 # run statuses
-LOADING, TRAINING, PAUSED, STOPPING, FINISHING = "loading", "training", "paused", "stopping", "finishing"
+QUEUED, LOADING, TRAINING, PAUSED = "queued", "loading", "training", "paused"
+STOPPING, FINISHING = "stopping", "finishing"
 STOPPED, FINISHED, DIVERGED, FAILED = "stopped", "finished", "diverged", "failed"
-ACTIVE_STATUSES = (LOADING, TRAINING, PAUSED, STOPPING, FINISHING)
+ACTIVE_STATUSES = (QUEUED, LOADING, TRAINING, PAUSED, STOPPING, FINISHING)
 DONE_STATUSES = (STOPPED, FINISHED, DIVERGED, FAILED)
 
 
 class RunLimitError(VitCoreError):
-    """The server already trains as many runs as it allows."""
+    """A run the server will not train: over a per-run cap (epochs, wall-clock time, model size)."""
 
 
 def max_runs() -> int:
@@ -114,6 +146,33 @@ def release_grace_s() -> float:
         return DEFAULT_GRACE_S
 
 
+def run_threads() -> int:
+    """Torch threads of one training run: $VIT_EXPLORER_TRAIN_THREADS, else the cores shared by `max_runs()` runs."""
+    n = training_threads()
+    return n if os.environ.get(TRAIN_THREADS_ENV, "").strip() else max(1, n // max_runs())
+
+
+def check_run_config(cfg: TrainConfig, num_classes: int = 10) -> None:
+    """Refuse a configuration over the server's per-run caps, before anything is spent on it.
+
+    Raises:
+        RunLimitError: too many epochs or too large an image side.
+        ModelTooLargeError: too many tokens or too much attention memory (`limits.check_model_cost`).
+    """
+    lim = current_limits()
+    if cfg.epochs > lim.max_epochs:
+        raise RunLimitError(
+            f"{cfg.epochs:g} epochs is more than this server allows for one run ({lim.max_epochs:g}, "
+            "VIT_EXPLORER_MAX_EPOCHS). Choose fewer epochs."
+        )
+    if cfg.img_size > lim.max_train_img_size:
+        raise RunLimitError(
+            f"Images of {cfg.img_size}x{cfg.img_size} pixels are larger than this server trains on "
+            f"({lim.max_train_img_size}x{lim.max_train_img_size}, VIT_EXPLORER_MAX_TRAIN_IMG_SIZE). Use smaller images."
+        )
+    check_model_cost(cfg.vit_config(num_classes), lim, source="This model")
+
+
 def runs_root() -> Path:
     """The folder run folders are created in (`$VIT_EXPLORER_TRAIN_DIR`, default <tmp>/vit-explorer-train)."""
     env = os.environ.get(RUNS_DIR_ENV)
@@ -126,6 +185,7 @@ def runs_root() -> Path:
 
 _REGISTRY_LOCK = threading.Lock()
 _ACTIVE: dict[str, TrainingRun] = {}
+_QUEUE: list[TrainingRun] = []  # runs waiting for a slot, first come first served
 _WATCHDOG: threading.Thread | None = None
 WATCHDOG_PERIOD_S = 1.0
 
@@ -136,42 +196,74 @@ def active_runs() -> list[TrainingRun]:
         return list(_ACTIVE.values())
 
 
-def _claim_slot(run: TrainingRun) -> None:
-    global _WATCHDOG
+def queued_runs() -> list[TrainingRun]:
+    """Runs waiting for a slot, first in line first."""
+    with _REGISTRY_LOCK:
+        return list(_QUEUE)
+
+
+def queue_position(run: TrainingRun) -> int:
+    """1 for the first run in the queue, 2 for the next...; 0 when `run` is not queued."""
+    with _REGISTRY_LOCK:
+        return _QUEUE.index(run) + 1 if run in _QUEUE else 0
+
+
+def _claim_slot(run: TrainingRun) -> bool:
+    """Take a slot for `run` (True), or put it at the end of the queue (False)."""
     with _REGISTRY_LOCK:
         if run.id in _ACTIVE:
-            return
-        cap = max_runs()
-        if len(_ACTIVE) >= cap:
-            raise RunLimitError(
-                f"The server is already training {len(_ACTIVE)} model{'s' if len(_ACTIVE) != 1 else ''}, "
-                f"its limit ({MAX_RUNS_ENV}={cap}). Try again when one of them has finished; "
-                "a paused run keeps its place until it is stopped."
-            )
-        _ACTIVE[run.id] = run
-        if _WATCHDOG is None or not _WATCHDOG.is_alive():
-            _WATCHDOG = threading.Thread(target=_watch_owners, name="vit-runs-watchdog", daemon=True)
-            _WATCHDOG.start()
+            return True
+        got = len(_ACTIVE) < max_runs() and not _QUEUE
+        if got:
+            _ACTIVE[run.id] = run
+        elif run not in _QUEUE:
+            _QUEUE.append(run)
+        _ensure_watchdog_locked()
+    return got
+
+
+def _ensure_watchdog_locked() -> None:
+    global _WATCHDOG
+    if _WATCHDOG is None or not _WATCHDOG.is_alive():
+        _WATCHDOG = threading.Thread(target=_watch_owners, name="vit-runs-watchdog", daemon=True)
+        _WATCHDOG.start()
+
+
+def _leave_queue(run: TrainingRun) -> bool:
+    with _REGISTRY_LOCK:
+        if run in _QUEUE:
+            _QUEUE.remove(run)
+            return True
+        return False
 
 
 def _free_slot(run: TrainingRun) -> None:
+    """Give `run`'s slot up and start the runs first in the queue on the slots now free."""
+    starting = []
     with _REGISTRY_LOCK:
         _ACTIVE.pop(run.id, None)
+        while _QUEUE and len(_ACTIVE) < max_runs():
+            nxt = _QUEUE.pop(0)
+            _ACTIVE[nxt.id] = nxt
+            starting.append(nxt)
+    for nxt in starting:
+        nxt._start_thread()
 
 
 def _watch_owners() -> None:
-    """Stop runs whose owner has been gone for longer than the grace period; exit when idle."""
+    """Every second: stop runs whose owner is gone, runs past their wall-clock cap, runs paused too long."""
     global _WATCHDOG
     while True:
         time.sleep(WATCHDOG_PERIOD_S)
         with _REGISTRY_LOCK:
-            runs = list(_ACTIVE.values())
+            runs = list(_ACTIVE.values()) + list(_QUEUE)
             if not runs:
                 _WATCHDOG = None
                 return
         now = time.monotonic()
         for run in runs:
             run._check_owner(now)
+            run._check_caps(now)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,6 +308,10 @@ class RunView:
     paused: bool = False  # a pause was asked for
     held: bool = False  # ... and the training loop is waiting in it (no step is in flight)
     download: tuple[int, int] | None = None  # (bytes done, total) while data is downloaded
+    loading: tuple[str, int, int] | None = None  # (what, done, total) while data is unpacked and decoded
+    queue_position: int = 0  # 1 = next to start; 0 = not queued
+    final_progress: tuple[int, int] | None = None  # (test images done, all) while the final evaluation runs
+    wall_seconds: float = 0.0  # wall-clock time the run has held a training slot (what max_run_seconds caps)
 
     @property
     def active(self) -> bool:
@@ -265,6 +361,7 @@ class TrainingRun:
         self.id = uuid.uuid4().hex[:12]
         self.cfg = cfg
         self.source = source
+        self._own_dir = out_dir is None  # a folder this module makes (and marks for the stale-run sweep)
         self.out_dir = (
             Path(out_dir) if out_dir is not None else runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
         )
@@ -290,6 +387,14 @@ class TrainingRun:
         self._owner_ended = False
         self._download: tuple[int, int] | None = None
         self._held = False  # the training loop is waiting in a pause
+        self._resume = False  # what the next thread start does
+        self._loading: tuple[str, int, int] | None = None
+        self._final_progress: tuple[int, int] | None = None
+        self._end_note: str | None = None  # why the run was ended from outside (kept as its message)
+        self._no_resume = False  # the run used its wall-clock allowance
+        self._paused_since: float | None = None  # monotonic time the pause began
+        self._t_launch: float | None = None  # monotonic time the current thread took its slot
+        self._wall_before = 0.0  # slot seconds of earlier threads of this run
         # what view() copies
         self._steps: list[int] = []
         self._loss: list[float] = []
@@ -313,10 +418,11 @@ class TrainingRun:
     # -- control (any thread) -----------------------------------------------------------
 
     def start(self) -> None:
-        """Start training on a new thread.
+        """Start training on a new thread now, or queue the run until a slot is free.
 
         Raises:
-            RunLimitError: the server already runs `max_runs()` trainings.
+            RunLimitError: the configuration is over a per-run cap (epochs, image size).
+            ModelTooLargeError: the model has more tokens or attention memory than the server allows.
             RuntimeError: this run was started before.
         """
         self._launch(resume=False)
@@ -324,43 +430,65 @@ class TrainingRun:
     def resume(self) -> None:
         """Continue a stopped run from its `last.pt` (same batches and schedule as without the stop).
 
+        Queued like `start` when the server is full.
+
         Raises:
-            RunLimitError: the server is full.
-            RuntimeError: the run is not stopped, or has no checkpoint.
+            RuntimeError: the run is not stopped, has no checkpoint, used its time, or is still evaluating.
         """
         self._launch(resume=True)
 
     def _launch(self, resume: bool) -> None:
         with self._launch_lock:  # two clicks at once start one thread
             with self.lock:
+                if self._thread is not None and self._thread.is_alive():
+                    raise RuntimeError(
+                        "the run's thread is still working (its final evaluation); try again in a moment"
+                    )
                 if resume and not self._can_resume_locked():
                     raise RuntimeError(f"a {self._status} run cannot be resumed")
                 if not resume and self._status != "new":
                     raise RuntimeError("this run was already started; resume() continues a stopped run")
-            _claim_slot(self)
+            if not resume:
+                check_run_config(self.cfg)
+                if self._own_dir:
+                    self.out_dir.mkdir(parents=True, exist_ok=True)
+                    (self.out_dir / RUN_MARKER).write_text("made by vit_core.runs; removed when stale\n")
             with self.lock:
-                self._status = LOADING
-                self._detail = "loading the data"
+                self._resume = resume
+                self._status = QUEUED
+                self._detail = "waiting for a free training slot"
                 self._message = ""
+                self._end_note = None
                 self._stop_requested.clear()
                 self._pause_requested = False
                 self._released = False
                 self._owner_gone_since = None
                 self._owner_ended = False
-                thread = threading.Thread(target=self._main, args=(resume,), name=f"vit-train-{self.id}", daemon=True)
-                self._thread = thread
-            try:
-                thread.start()
-            except BaseException:
-                _free_slot(self)
-                raise
+            if _claim_slot(self):
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        """Start the thread of a run that holds a slot."""
+        with self.lock:
+            self._status = LOADING
+            self._detail = "loading the data"
+            self._t_launch = time.monotonic()
+            thread = threading.Thread(target=self._main, args=(self._resume,), name=f"vit-train-{self.id}", daemon=True)
+            self._thread = thread
+        try:
+            thread.start()
+        except BaseException:
+            _free_slot(self)
+            raise
 
     def pause(self) -> None:
-        """Hold the training loop between steps (a paused run keeps its place in the server's cap)."""
+        """Hold the training loop between steps (a paused run keeps its slot for `limits.paused_release_s`)."""
         with self.lock:
-            if self._status not in ACTIVE_STATUSES:
+            if self._status not in ACTIVE_STATUSES or self._status == QUEUED:
                 return
             self._pause_requested = True
+            if self._paused_since is None:
+                self._paused_since = time.monotonic()
             if self._trainer is not None:
                 self._trainer.pause()
             if self._status == TRAINING:
@@ -369,16 +497,29 @@ class TrainingRun:
     def unpause(self) -> None:
         with self.lock:
             self._pause_requested = False
+            self._paused_since = None
             if self._trainer is not None:
                 self._trainer.unpause()
             if self._status == PAUSED:
                 self._status = TRAINING
 
     def stop(self) -> None:
-        """Ask the thread to stop; it saves `last.pt` and `model.safetensors` before it ends."""
+        """Ask the thread to stop; it saves `last.pt` and `model.safetensors` before it ends.
+
+        The run says "stopped" as soon as the step in flight is done (a second or so); the final
+        evaluation on the whole test set follows on the same thread (`RunView.final_progress`).
+        A queued run leaves the queue.
+        """
+        if _leave_queue(self):
+            with self.lock:
+                self._status = STOPPED
+                self._detail = ""
+                self._message = self._end_note or "Left the queue before training started."
+            return
         with self.lock:
             self._stop_requested.set()
             self._pause_requested = False
+            self._paused_since = None
             if self._trainer is not None:
                 self._trainer.request_stop()
             if self._status in (TRAINING, PAUSED, LOADING):
@@ -429,7 +570,7 @@ class TrainingRun:
         return self._released
 
     def _check_owner(self, now: float) -> None:
-        if not self.alive:
+        if not self.alive and self._status != QUEUED:
             return
         gone = self._owner_gone()
         with self.lock:
@@ -442,8 +583,40 @@ class TrainingRun:
             if expired and not self._owner_ended:
                 self._owner_ended = True
                 self._message = "The browser session that started this run went away, so the run was stopped."
+                self._end_note = self._message
         if expired:
             self.stop()
+
+    def _wall_used(self, now: float) -> float:
+        return self._wall_before + (now - self._t_launch if self._t_launch is not None else 0.0)
+
+    def _check_caps(self, now: float) -> None:
+        """Stop a run past the server's wall-clock cap, or paused for longer than `paused_release_s`."""
+        lim = current_limits()
+        with self.lock:
+            if self._status not in (LOADING, TRAINING, PAUSED) or self._end_note is not None:
+                return
+            if lim.max_run_seconds > 0 and self._wall_used(now) >= lim.max_run_seconds:
+                self._no_resume = True
+                self._end_note = (
+                    f"This run reached the server's limit of {_fmt_minutes(lim.max_run_seconds)} per run "
+                    "(VIT_EXPLORER_MAX_RUN_S), so it was stopped to let others train. Its model is kept: "
+                    "use it on the other pages or download it."
+                )
+            elif (
+                lim.paused_release_s > 0
+                and self._status == PAUSED
+                and self._paused_since is not None
+                and now - self._paused_since >= lim.paused_release_s
+            ):
+                self._end_note = (
+                    f"Paused for more than {_fmt_minutes(lim.paused_release_s)}, so the run gave its training slot "
+                    "to others (VIT_EXPLORER_PAUSED_RELEASE_S). Its checkpoint is kept: Resume training continues it."
+                )
+            else:
+                return
+            self._message = self._end_note
+        self.stop()
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -453,9 +626,13 @@ class TrainingRun:
                 setattr(self, "_" + k, v)
 
     def _main(self, resume: bool) -> None:
-        torch.set_num_threads(training_threads())  # not whatever the last page run left behind
+        torch.set_num_threads(run_threads())  # not whatever the last page run left behind
         try:
             self._run(resume)
+        except _StopLoading:
+            self._set(
+                status=STOPPED, detail="", loading=None, message=self._end_note or "Stopped before training started."
+            )
         except VitCoreError as e:
             self._set(status=FAILED, message=str(e), detail="")
         except Exception as e:  # noqa: BLE001 - shown to the user; the thread must end cleanly
@@ -469,16 +646,20 @@ class TrainingRun:
                     self._probe = None
                     self._snapshots = []
                     self._mistakes = []
+                if self._t_launch is not None:
+                    self._wall_before += time.monotonic() - self._t_launch
+                    self._t_launch = None
+                self._final_progress = None
             _free_slot(self)
 
     def _run(self, resume: bool) -> None:
         if self._data is None:
             _sweep_stale_runs(self.out_dir.parent)
-            self._data = load_source(self.source, progress=self._on_download)
-            self._set(download=None)
+            self._data = load_source(self.source, progress=self._on_download, on_load=self._on_load)
+            self._set(download=None, loading=None)
         train, test = self._data
         if self._stop_requested.is_set():
-            self._set(status=STOPPED, detail="", message=self._message or "Stopped before training started.")
+            self._set(status=STOPPED, detail="", message=self._end_note or "Stopped before training started.")
             return
         cfg = self.cfg
         if train.image_size != (cfg.img_size, cfg.img_size):
@@ -490,6 +671,7 @@ class TrainingRun:
             cfg = cfg.replace(img_size=h)
             with self.lock:
                 self.cfg = cfg
+        check_run_config(cfg, train.num_classes)  # the model the data makes, before it is built
         eval_set = _eval_subset(test, self.eval_size)
         kwargs = {"on_step": self._on_step, "on_eval": self._on_eval, "on_message": self._on_message}
         self._set(detail="building the model")
@@ -523,27 +705,96 @@ class TrainingRun:
         if result.status == "diverged":
             # The weights in memory are not finite: go back to the last good checkpoint.
             trainer.load_state(self.out_dir / "last.pt")
-        if not owner_ended:
-            self._set(status=FINISHING, detail="evaluating on the whole test set")
-            if not self._snapshots or self._snapshots[-1].step != trainer.step:
-                self._snapshot(trainer)
-            final = trainer.evaluate(test)
-            self._set(final=final, detail="finding the most confident mistakes")
-            mistakes = misclassified(trainer.model, test, limit=32, batch_size=cfg.eval_batch_size)
-            ckpt = save_checkpoint(
-                trainer.model, self.out_dir / "model.safetensors", extra=self._provenance(trainer, final, result.status)
-            )
-            self._set(mistakes=mistakes, checkpoint=ckpt)
         status = {"finished": FINISHED, "stopped": STOPPED, "diverged": DIVERGED}.get(result.status, STOPPED)
-        message = result.message
-        if status == FINISHED and self._final is not None:
-            message = (
-                f"Finished {result.step} steps: test accuracy {self._final.acc:.1%} on all {len(test):,} test images."
-            )
         with self.lock:
-            self._status = status
-            self._detail = ""
-            self._message = self._message if owner_ended else message
+            if self._t_launch is not None:  # the slot time of this thread's training ends here
+                self._wall_before += time.monotonic() - self._t_launch
+                self._t_launch = None
+            self._paused_since = None
+            if owner_ended:
+                self._status, self._detail = status, ""
+                return
+            note = self._end_note
+            if status == FINISHED:
+                self._status, self._detail = FINISHING, "evaluating on the whole test set"
+            else:
+                # Control goes back to the user now; the final evaluation follows with its own progress.
+                self._status, self._detail = status, ""
+                self._message = note or result.message
+            self._final_progress = (0, len(test))
+        if not self._snapshots or self._snapshots[-1].step != trainer.step:
+            self._snapshot(trainer)
+        final, mistakes = self._final_evaluation(trainer, test)
+        ckpt = save_checkpoint(
+            trainer.model, self.out_dir / "model.safetensors", extra=self._provenance(trainer, final, result.status)
+        )
+        with self.lock:
+            self._final, self._mistakes, self._checkpoint = final, mistakes, ckpt
+            self._final_progress = None
+            if status == FINISHED:
+                self._status, self._detail = FINISHED, ""
+                self._message = note or (
+                    f"Finished {result.step} steps: test accuracy {final.acc:.1%} on all {len(test):,} test images."
+                )
+
+    def _final_evaluation(
+        self, trainer: Trainer, test: ImageDataset, chunk: int = 1000
+    ) -> tuple[EvalResult, list[dict]]:
+        """Accuracy on the whole test set and the most confident mistakes, in one pass, reporting progress."""
+        cfg, model = trainer.cfg, trainer.model
+        K = model.cfg.num_classes
+        conf = torch.zeros(K, K, dtype=torch.long)
+        loss_sum, preds, confs = 0.0, [], []
+        for start in range(0, len(test), chunk):
+            part = test.subset(slice(start, start + chunk))
+            _, loss, c, pred, p = evaluate(
+                model,
+                part,
+                cfg.mean,
+                cfg.std,
+                cfg.eval_batch_size,
+                trainer.device,
+                trainer.autocast_dtype,
+                return_predictions=True,
+            )
+            conf += c
+            loss_sum += loss * len(part)
+            preds.append(pred)
+            confs.append(p)
+            self._set(final_progress=(min(start + chunk, len(test)), len(test)))
+        n = max(1, len(test))
+        final = eval_result(
+            conf,
+            conf.diag().sum().item() / n,
+            loss_sum / n,
+            trainer.step,
+            trainer.step / trainer.steps_per_epoch,
+            test.class_names,
+            trainer.train_seconds,
+            float("nan"),
+        )
+        pred, prob = torch.cat(preds), torch.cat(confs)
+        wrong = (pred != test.labels).nonzero().flatten()
+        order = wrong[prob[wrong].argsort(descending=True)][:32]
+        names = test.class_names
+        mistakes = [
+            {
+                "index": int(i),
+                "true": int(test.labels[i]),
+                "pred": int(pred[i]),
+                "true_name": names[int(test.labels[i])],
+                "pred_name": names[int(pred[i])],
+                "confidence": float(prob[i]),
+            }
+            for i in order
+        ]
+        return final, mistakes
+
+    def _on_load(self, what: str, done: int, total: int) -> None:
+        if self._stop_requested.is_set():
+            raise _StopLoading
+        detail = "unpacking the archive" if what == "unpacking" else f"reading the {what}"
+        self._set(loading=(what, done, total), detail=detail)
 
     def _on_download(self, done: int, total: int) -> None:
         self._set(download=(done, total), detail="downloading CIFAR-10")
@@ -610,12 +861,16 @@ class TrainingRun:
         return (
             self._status == STOPPED
             and not self._owner_ended
+            and not self._no_resume
+            and (self._thread is None or not self._thread.is_alive())
             and (self.out_dir / "last.pt").is_file()
             and self._data is not None
         )
 
     def view(self) -> RunView:
         """A consistent copy of the run's state (cheap: lists of floats and references)."""
+        position = queue_position(self)
+        now = time.monotonic()
         with self.lock:
             m = self._last
             train, test = self._data if self._data is not None else (None, None)
@@ -657,6 +912,10 @@ class TrainingRun:
                 paused=self._status == PAUSED,
                 held=self._held and self._status == PAUSED,
                 download=self._download,
+                loading=self._loading,
+                queue_position=position if self._status == QUEUED else 0,
+                final_progress=self._final_progress,
+                wall_seconds=self._wall_used(now),
             )
 
     def test_image(self, index: int) -> np.ndarray | None:
@@ -682,6 +941,10 @@ class TrainingRun:
         return model
 
 
+class _StopLoading(Exception):
+    """Raised in the loading progress callback when a stop was asked for (reading 60,000 images can take a minute)."""
+
+
 def _eval_count(test_size: int, n: int) -> int:
     """How many test images the evaluations during training use."""
     return test_size if n <= 0 else min(n, test_size)
@@ -694,15 +957,38 @@ def _eval_subset(test: ImageDataset, n: int) -> ImageDataset:
     return test.subset(torch.randperm(len(test), generator=g)[:n].sort().values)
 
 
-def _sweep_stale_runs(root: Path, max_age_s: float = STALE_RUN_S) -> None:
-    """Remove run folders under `root` untouched for longer than `max_age_s` (best effort)."""
+def _sweep_stale_runs(root: Path, max_age_s: float = STALE_RUN_S) -> list[Path]:
+    """Remove run folders under `root` untouched for longer than `max_age_s` (best effort).
+
+    Only folders this module created (they hold `RUN_MARKER`) are touched: a run folder set to
+    a shared folder (`$VIT_EXPLORER_TRAIN_DIR=/srv/shared`) loses nothing else.
+    """
     if not root.is_dir():
-        return
+        return []
     now = time.time()
     live = {r.out_dir.resolve() for r in active_runs()}
+    removed = []
     for p in root.iterdir():
         try:
-            if p.is_dir() and p.resolve() not in live and now - p.stat().st_mtime > max_age_s:
+            if (
+                p.is_dir()
+                and not p.is_symlink()
+                and (p / RUN_MARKER).is_file()
+                and p.resolve() not in live
+                and now - _newest_mtime(p) > max_age_s
+            ):
                 shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
         except OSError:
             pass
+    return removed
+
+
+def _newest_mtime(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    for q in folder.iterdir():
+        try:
+            times.append(q.stat().st_mtime)
+        except OSError:
+            pass
+    return max(times)

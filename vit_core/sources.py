@@ -17,9 +17,11 @@ one split, `load_source` gives the app both splits (shared by the runs of the pr
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,25 @@ from . import fetch
 from .config import CIFAR10_CLASSES
 from .data import IMAGE_SUFFIXES, ImageDataset, list_image_folder, load_cifar10_batches, load_image_folder
 from .errors import DataError
-from .fetch import CACHE_ENV, CIFAR10_ARCHIVE, CIFAR10_DOWNLOAD_MB, CIFAR10_FOLDER, ProgressFn, default_cache_dir
+from .fetch import (
+    ARCHIVES_DIR,
+    CACHE_ENV,
+    CIFAR10_ARCHIVE,
+    CIFAR10_DOWNLOAD_MB,
+    CIFAR10_FOLDER,
+    COMPLETE,
+    ProgressFn,
+    archive_entry,
+    default_cache_dir,
+)
+from .limits import current_limits
+
+LoadProgressFn = Callable[[str, int, int], None]  # (what is being done, done, total)
+ACCEPTED = (
+    f"the official `{CIFAR10_ARCHIVE}` or its extracted `{CIFAR10_FOLDER}/` folder; an image folder "
+    "`train/<class>/*.jpg|png` with `test/<class>/` beside it (at the top or inside one folder); or a "
+    ".tar/.tar.gz/.tgz of such a folder, like the CIFAR-10 JPEG archive `cifar10_jpeg.tar.gz`"
+)
 
 CIFAR10_PAGE = "https://www.cs.toronto.edu/~kriz/cifar-10.html"
 
@@ -118,13 +138,18 @@ def load_split(
     download: bool = False,
     cache_dir: str | os.PathLike | None = None,
     progress: ProgressFn | None = None,
+    decode_progress: ProgressFn | None = None,
 ) -> ImageDataset:
     """One split ("train" or "test") of any source `resolve_source` accepts, as an `ImageDataset`.
 
     The test split of an image folder takes its class list from `train/`, so labels agree.
+    Images are checked against the server's limits before decoding (count, pixels, and the
+    side of a training run); an image folder unpacked from an archive keeps its decoded
+    `.npz` inside the unpacked folder, so evicting one removes both.
 
     Raises:
-        DataError: not found (with what to do), no network, checksum mismatch, damaged data.
+        DataError: not found (with what to do), no network, checksum mismatch, damaged data,
+            over a limit.
     """
     folder = resolve_source(source, cache_dir, download, progress)
     if (folder / "data_batch_1").is_file() or (folder / "test_batch").is_file():
@@ -132,7 +157,15 @@ def load_split(
     train_classes = None
     if split != "train" and (folder / "train").is_dir():
         train_classes, _ = list_image_folder(folder / "train")
-    return load_image_folder(folder, split, class_names=train_classes, cache_dir=cache_dir)
+    entry = archive_entry(folder)
+    return load_image_folder(
+        folder,
+        split,
+        class_names=train_classes,
+        cache_dir=entry if entry is not None else cache_dir,
+        max_side=current_limits().max_train_img_size,
+        progress=decode_progress,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -170,13 +203,39 @@ class DataInfo:
 
 
 def cifar10_cached(cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """The official CIFAR-10 (extracted folder or archive) in the download cache, or None."""
+    """CIFAR-10 that this machine already has in the cache, or None.
+
+    In order: the official extracted folder, the official archive, then an image-folder
+    archive the app unpacked before (any session, e.g. `cifar10_jpeg.tar.gz`) whose `train/`
+    has the ten CIFAR-10 class folders; the newest such one.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if (cache / CIFAR10_FOLDER / "data_batch_1").is_file():
         return cache / CIFAR10_FOLDER
     if (cache / CIFAR10_ARCHIVE).is_file():
         return cache / CIFAR10_ARCHIVE
-    return None
+    return unpacked_cifar10(cache)
+
+
+def unpacked_cifar10(cache: Path) -> Path | None:
+    """The newest complete unpacked archive under `<cache>/archives/` that is CIFAR-10 as an image folder."""
+    parent = cache / ARCHIVES_DIR
+    if not parent.is_dir():
+        return None
+    found = []
+    for entry in parent.iterdir():
+        try:
+            if not (entry / COMPLETE).is_file():
+                continue
+            root = image_folder_root(entry)
+            if root is None or not (root / "train").is_dir() or not (root / "test").is_dir():
+                continue
+            classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+            if classes == sorted(CIFAR10_CLASSES):
+                found.append(((entry / COMPLETE).stat().st_mtime, root))
+        except OSError:
+            continue
+    return max(found)[1] if found else None
 
 
 def missing_data_help(cache_dir: str | os.PathLike | None = None) -> str:
@@ -186,8 +245,7 @@ def missing_data_help(cache_dir: str | os.PathLike | None = None) -> str:
         f"No copy of CIFAR-10 was found on this machine. To train without a network connection, fetch "
         f"`{CIFAR10_ARCHIVE}` (about {CIFAR10_DOWNLOAD_MB} MB, the 'python version' from {CIFAR10_PAGE}) "
         f"on a machine that has one, then either put it in `{cache}` (the app finds it there), set "
-        f"`{CACHE_ENV}` to the folder that holds it, or type its path on this page. An image folder "
-        "`<root>/train/<class>/*.png` with a matching `<root>/test/` works too."
+        f"`{CACHE_ENV}` to the folder that holds it, or type its path on this page. The page takes {ACCEPTED}."
     )
 
 
@@ -216,7 +274,12 @@ def inspect_source(source: DataSource) -> DataInfo:
         found = cifar10_cached()
         if found is None:
             raise DataError(missing_data_help())
-        cifar.description = f"CIFAR-10 ({'extracted' if found.is_dir() else 'archive'} in {found.parent})"
+        if found.name == CIFAR10_FOLDER:
+            cifar.description = f"CIFAR-10 (extracted in {found.parent})"
+        elif found.is_file():
+            cifar.description = f"CIFAR-10 (archive in {found.parent})"
+        else:
+            cifar.description = "CIFAR-10 (an image folder this server unpacked earlier)"
         return cifar
     if not source.path:
         raise DataError("No path given: type the path of a CIFAR-10 archive or an image folder.")
@@ -279,11 +342,19 @@ def _source_key(source: DataSource) -> tuple:
     return ("path", str(p), p.stat().st_mtime_ns if p.exists() else 0)
 
 
-def load_source(source: DataSource, progress: ProgressFn | None = None) -> tuple[ImageDataset, ImageDataset]:
+def load_source(
+    source: DataSource, progress: ProgressFn | None = None, on_load: LoadProgressFn | None = None
+) -> tuple[ImageDataset, ImageDataset]:
     """The train and test splits of `source`, shared with other runs that use the same data.
 
+    Args:
+        progress: download progress `(bytes done, total)`.
+        on_load: called as `on_load(what, done, total)` while an archive is unpacked ("unpacking",
+            0, 0) and images are decoded ("train images" / "test images", decoded, all).
+
     Raises:
-        DataError: missing, damaged or unreadable data, with what to do.
+        DataError: missing, damaged or unreadable data, or over a limit, with what to do. An
+            archive unpacked for a refused dataset is removed again.
     """
     key = _source_key(source)
     with _DATA_CACHE_LOCK:
@@ -291,12 +362,32 @@ def load_source(source: DataSource, progress: ProgressFn | None = None) -> tuple
         if hit is not None:
             _DATA_CACHE.move_to_end(key)
             return hit
-    if source.kind == "cache" and cifar10_cached() is None:
-        raise DataError(missing_data_help())
-    if source.kind != "cache" and not source.path:
-        raise DataError("No path given: type the path of a CIFAR-10 archive or an image folder.")
-    folder = resolve_source(source.path if source.kind != "cache" else None, progress=progress)
-    pair = (load_split(folder, "train"), load_split(folder, "test"))
+    if source.kind == "cache":
+        found = cifar10_cached()
+        if found is None:
+            raise DataError(missing_data_help())
+        path = None if found.name in (CIFAR10_FOLDER, CIFAR10_ARCHIVE) else found
+    else:
+        if not source.path:
+            raise DataError("No path given: type the path of a CIFAR-10 archive or an image folder.")
+        path = source.path
+    if on_load is not None:
+        on_load("unpacking", 0, 0)
+    folder = resolve_source(path, progress=progress)
+
+    def decoded(split: str) -> ProgressFn | None:
+        return None if on_load is None else (lambda done, total: on_load(f"{split} images", done, total))
+
+    try:
+        pair = (
+            load_split(folder, "train", decode_progress=decoded("train")),
+            load_split(folder, "test", decode_progress=decoded("test")),
+        )
+    except DataError:
+        entry = archive_entry(folder)
+        if entry is not None and source.kind != "cache":
+            shutil.rmtree(entry, ignore_errors=True)  # what was unpacked for a refused dataset
+        raise
     with _DATA_CACHE_LOCK:
         _DATA_CACHE[key] = pair
         while len(_DATA_CACHE) > _DATA_CACHE_SIZE:

@@ -159,6 +159,21 @@ class TrainConfig:
 
 # One line per preset; measured times and the history of the bundled model's runs: assets/README.md, "Presets".
 PRESETS: dict[str, TrainConfig] = {
+    # for a lesson: past 50% CIFAR-10 test accuracy in about 3 minutes of training on a 2-core CPU,
+    # with the row/column structure of the position embeddings visible (benchmarks/bench_train_demo.py)
+    "demo": TrainConfig(
+        patch_size=4,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        epochs=1.0,
+        batch_size=64,
+        lr=2e-3,
+        warmup_epochs=0.1,
+        label_smoothing=0.0,
+        name="ViT-CIFAR10 (demo)",
+    ),
     # about 60% CIFAR-10 test accuracy after 10 minutes of training on a 2-core CPU
     "quick": TrainConfig(
         patch_size=4,
