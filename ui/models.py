@@ -388,12 +388,12 @@ def _answer(question: dict) -> None:
 
 
 def _own_model_help() -> None:
-    st.markdown(
+    st.caption(
         "Trained your own ViT with vit-pytorch, a tutorial's code or `nn.TransformerEncoderLayer`? Add two lines "
         "after training, then upload the file above (a Lightning `.ckpt` works too). Only the weights are read."
     )
     for family, code, asks in SAVE_HELP:
-        st.markdown(f"**{FAMILIES[family][:1].upper() + FAMILIES[family][1:]}**")
+        st.caption(f"**{FAMILIES[family][:1].upper() + FAMILIES[family][1:]}**")
         st.code(code, language="python")
         st.caption(f"The app will ask: {asks}.")
     st.caption("Once loaded, saving it in this app's format keeps your answers with the weights.")
