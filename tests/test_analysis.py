@@ -575,3 +575,22 @@ def test_views_work_under_inference_mode(make_vit):
         assert A.head_computation(model, trace, 0, 0, 0)["weights"].shape == (k + 15,)
         assert A.occlude_patches(model, x, [0], "drop").shape == (2, 10)
         assert A.shuffle_patches(model, x)[0].shape == (2, 10)
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "stream"])
+def test_head_computation_matches_the_trace_for_every_norm_placement(placement: str) -> None:
+    from vit_core import VisionTransformer, ViTConfig
+    from vit_core.analysis.attention import head_computation
+
+    torch.manual_seed(1)
+    cfg = ViTConfig(
+        img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3, norm_placement=placement
+    )
+    model = VisionTransformer(cfg).eval()
+    trace = model.trace(torch.randn(1, 3, 8, 8))
+    for layer in range(2):
+        for head in range(2):
+            for query in range(trace.attentions.shape[-1]):
+                got = head_computation(model, trace, layer, head, query)["weights"]
+                want = trace.attentions[0, layer, head, query].numpy()
+                assert np.allclose(got, want, atol=1e-5), (placement, layer, head, query)

@@ -433,3 +433,25 @@ def test_patch_logit_lens_refuses_a_headless_model():
     model = tiny_model(num_classes=0)
     with pytest.raises(ValueError, match="no classifier head"):
         patch_logit_lens(model, model.trace(image()))
+
+
+def test_knockout_of_every_head_with_a_separate_head_width_equals_zeroing_the_projection():
+    """A model whose heads are narrower than D / h (dim_head): knocking out every head of every
+    layer leaves only attn.proj's bias, exactly as zeroing its weight does."""
+    import copy
+
+    from vit_core import VisionTransformer, ViTConfig
+    from vit_core.analysis.knockout import knockout_heads
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, dim_head=4, num_classes=3)
+    model = VisionTransformer(cfg).eval()
+    assert cfg.inner_dim == 8 != cfg.embed_dim
+    x = torch.randn(2, 3, 8, 8)
+    every = [(layer, h) for layer in range(2) for h in range(2)]
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for blk in zeroed.blocks:
+            blk.attn.proj.weight.zero_()
+        want = zeroed(x)
+    assert torch.allclose(knockout_heads(model, x, every), want, atol=1e-6)

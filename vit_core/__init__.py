@@ -1,6 +1,7 @@
 """vit_core: a Vision Transformer you can look inside. No UI code lives here."""
 
 from .checkpoints import imagenet_class_names, infer_num_heads, load_checkpoint, save_checkpoint
+from .families import AnswerNeededError
 from .config import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -29,6 +30,7 @@ from .sources import load_split
 from .summary import describe
 
 __all__ = [
+    "AnswerNeededError",
     "CIFAR10_CLASSES",
     "ImageDataset",
     "load_split",

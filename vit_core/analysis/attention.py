@@ -252,8 +252,11 @@ def head_computation(
 ) -> dict[str, np.ndarray]:
     """One head's attention for one query, step by step, recomputed from the trace.
 
-    Runs `trace.hidden_states[batch_index, layer]` through `blocks[layer].norm1` and
-    `attn.qkv`, and takes head `head`'s slice.
+    Runs `trace.hidden_states[batch_index, layer]` through what the block's attention reads
+    (`Block.attention_input`: `norm1` for pre-norm blocks, the raw stream for post-norm) and
+    `attn.qkv`, and takes head `head`'s slice. For a model that attends across the batch (a
+    tutorial's code, loaded as written), one image's tokens each attend only to themselves:
+    'weights' is then one-hot on the query, as the trace records, whatever the scores say.
 
     Args:
         model: the ViT that produced `trace`.
@@ -270,7 +273,7 @@ def head_computation(
         the output projection.
     """
     blk = model.blocks[layer]
-    x = blk.norm1(trace.hidden_states[batch_index, layer].to(blk.norm1.weight.dtype))  # (N, D)
+    x = blk.attention_input(trace.hidden_states[batch_index, layer].to(blk.norm1.weight.dtype))  # (N, D)
     # Only this head's rows of the fused qkv weight, laid out (three h d) as in Attention.
     w = rearrange(blk.attn.qkv.weight, "(three h d) D -> three h d D", three=3, h=blk.attn.num_heads)[:, head]
     bias = blk.attn.qkv.bias
@@ -281,6 +284,8 @@ def head_computation(
     d = qv.shape[-1]
     scores = (k @ qv) / d**0.5
     weights = F.softmax(scores.float(), dim=-1)
+    if getattr(model, "attends_across_batch", False):
+        weights = F.one_hot(torch.tensor(query), scores.shape[0]).float()
     output = weights @ v.float()
     out = {"q": qv, "k": k, "scores": scores, "weights": weights, "v": v, "output": output}
     return {name: t.detach().float().cpu().numpy() for name, t in out.items()}

@@ -38,7 +38,7 @@ def _heads_by_layer(model: VisionTransformer, heads: Iterable[tuple[int, int]]) 
 def _check_means(model: VisionTransformer, means: Tensor | None) -> None:
     if means is None:
         return
-    L, D = len(model.blocks), model.cfg.embed_dim
+    L, D = len(model.blocks), model.cfg.inner_dim  # the width of attn.proj's input: h * d
     if means.dim() != 3 or means.shape[0] != L or means.shape[2] != D:
         raise ValueError(
             f"means must have shape (L={L}, N, D={D}) (from `head_output_means`), got {tuple(means.shape)}"
@@ -67,7 +67,7 @@ def heads_knocked_out(
     handles = []
     try:
         for layer, hs in by_layer.items():
-            keep = torch.ones(model.cfg.embed_dim, dtype=torch.bool)
+            keep = torch.ones(model.cfg.inner_dim, dtype=torch.bool)
             for h in hs:
                 keep[h * d : (h + 1) * d] = False
             fill = None if means is None else means[layer]
@@ -197,7 +197,7 @@ def head_importance(
     if (labels < 0).any() or (labels >= C).any():
         raise ValueError(f"labels must be class indices in [0, {C - 1}]")
     _check_means(model, means)
-    L, H, d, D = len(model.blocks), model.cfg.num_heads, model.cfg.head_dim, model.cfg.embed_dim
+    L, H, d, D = len(model.blocks), model.cfg.num_heads, model.cfg.head_dim, model.cfg.inner_dim
     keep = torch.ones(H, 1, D, dtype=torch.bool)  # replica j has head j knocked out
     for j in range(H):
         keep[j, :, j * d : (j + 1) * d] = False
