@@ -1,7 +1,6 @@
 """vit_core: a Vision Transformer you can look inside. No UI code lives here."""
 
 from .checkpoints import imagenet_class_names, infer_num_heads, load_checkpoint, save_checkpoint
-from .families import AnswerNeededError
 from .config import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -14,6 +13,7 @@ from .config import (
 )
 from .data import ImageDataset
 from .errors import CheckpointError, DataError, ImageError, VitCoreError
+from .families import AnswerNeededError
 from .images import load_image, preprocess, preprocess_steps
 from .model import VisionTransformer, ViTTrace, resample_pos_embed
 from .pretrained import (
