@@ -640,3 +640,20 @@ def test_describe_says_what_sets_a_students_model_apart(tmp_path: Path) -> None:
     assert lucid["head_dim"] == 24 and any("24 wide" in n for n in lucid["notes"])
     assert any("class token included" in n for n in lucid["notes"])
     assert any("layer-normalises each flattened patch" in n for n in lucid["notes"])
+
+
+def test_convert_cli_asks_by_flag_then_writes_a_file_that_loads_without_questions(tmp_path: Path, capsys) -> None:
+    from vit_core.convert import main as convert
+
+    ref = _randomise(LucidViT(pool="cls"), seed=0)
+    path = _save(ref, tmp_path)
+    dest = tmp_path / "mine.safetensors"
+    assert convert([str(path), str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "--num-heads (likely: " in err and "--global-pool (likely: cls, mean)" in err and not dest.exists()
+    assert convert([str(path), str(dest), "--num-heads", "2", "--global-pool", "cls", "--name", "My ViT"]) == 0
+    model = load_checkpoint(dest)  # no question any more
+    assert model.cfg.name == "My ViT" and model.cfg.num_heads == 2
+    x = _images(2)
+    with torch.no_grad():
+        _close(model(x), ref(x))
