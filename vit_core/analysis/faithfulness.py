@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -385,3 +385,251 @@ def patch_logit_lens(model: VisionTransformer, trace: ViTTrace, image: int = 0) 
     seq = hs.reshape(S * n, 1, D).expand(S * n, k + 1, D).to(model.pos_embed.dtype)
     logits = model.logits_from_hidden(seq)
     return logits.float().softmax(dim=-1).reshape(S, n, -1)
+
+
+# ---- the saliency maps the lab judges, and the curves of all of them at once ----
+
+SALIENCY_METHODS = ("raw attention", "rollout", "class-specific", "occlusion", "input x gradient")
+RANDOM = "random"  # the baseline's name beside the methods
+
+
+@torch.no_grad()
+def occlusion_sensitivity(
+    model: VisionTransformer, x: Tensor, target: int, mode: str = "mean", batch_size: int = CURVE_BATCH
+) -> Tensor:
+    """How much the target's probability falls when each patch alone is hidden (one forward per patch).
+
+    A patch is painted as the occlusion what-if paints it (`occlude_image`).
+
+    Args:
+        model: the ViT.
+        x: (1, C, H, W) one preprocessed image.
+        target: class index.
+        mode: "mean" or "zero", as in `occlude_image`.
+        batch_size: images per forward pass.
+
+    Returns:
+        (gh, gw) float64: p(target | x) minus p(target | x with that patch hidden); negative
+        where hiding the patch helps the class.
+    """
+    n = _check_image(model, x, target)
+    P = model.patch_size
+    p = next(model.parameters())
+    x = x.to(p.device, p.dtype)
+    base = float(model(x).double().softmax(-1)[0, int(target)])
+    drops = torch.empty(n, dtype=torch.float64)
+    for start in range(0, n, batch_size):
+        idx = range(start, min(start + batch_size, n))
+        images = torch.cat([occlude_image(x, [i], P, mode) for i in idx])
+        drops[start : start + len(idx)] = base - model(images).double().softmax(-1)[:, int(target)].cpu()
+    return drops.reshape(x.shape[2] // P, x.shape[3] // P)
+
+
+def input_x_gradient(model: VisionTransformer, x: Tensor, target: int) -> Tensor:
+    """Input x gradient of the target's logit, summed over each patch's pixels and channels.
+
+    `sum_{c, pixels in patch} x * d y_target / d x` (Shrikumar et al. 2016), with `x` the
+    normalised model input; signed (a patch can speak against the class).
+
+    Args:
+        model: the ViT (its parameters' gradients are left untouched).
+        x: (1, C, H, W) one preprocessed image.
+        target: class index.
+
+    Returns:
+        (gh, gw) float64.
+    """
+    _check_image(model, x, target)
+    p = next(model.parameters())
+    xg = x.detach().to(p.device, p.dtype).clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(model(xg)[0, int(target)], xg)
+    P = model.patch_size
+    per_pixel = (grad * xg.detach()).sum(1)[0].double().cpu()  # (H, W)
+    gh, gw = per_pixel.shape[0] // P, per_pixel.shape[1] // P
+    return per_pixel.reshape(gh, P, gw, P).sum(dim=(1, 3))
+
+
+def saliency_maps(
+    model: VisionTransformer,
+    x: Tensor,
+    target: int,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    start_layer: int = 0,
+    methods: tuple[str, ...] = SALIENCY_METHODS,
+) -> dict[str, Tensor]:
+    """The lab's maps of one image, each (gh, gw) float64 over the patches.
+
+    "raw attention": the last layer's [CLS] row, mean of the heads; "rollout": `rollout_cls_map`
+    with the given settings; "class-specific": Chefer et al. for `target`; "occlusion":
+    `occlusion_sensitivity`; "input x gradient": `input_x_gradient`.
+
+    Args:
+        model: the ViT.
+        x: (1, C, H, W) one preprocessed image.
+        target: class index for the class-specific, occlusion and gradient maps.
+        head_fusion, discard_ratio, start_layer: the rollout's settings (0-based start layer).
+        methods: which of `SALIENCY_METHODS`, in the order returned.
+    """
+    from .attention import class_attention_map_from_trace, rollout_cls_map
+
+    unknown = [m for m in methods if m not in SALIENCY_METHODS]
+    if unknown:
+        raise ValueError(f"unknown saliency methods {unknown}; known: {', '.join(SALIENCY_METHODS)}")
+    _check_image(model, x, target)
+    p = next(model.parameters())
+    x = x.detach().to(p.device, p.dtype)
+    out: dict[str, Tensor] = {}
+    tr = None
+    if "class-specific" in methods:  # one forward + backward serves the attention maps too
+        with torch.enable_grad():
+            tr = model.trace(x, target=int(target))
+    elif {"raw attention", "rollout"} & set(methods):
+        with torch.no_grad():
+            tr = model.trace(x)
+    for m in methods:
+        if m == "raw attention":
+            k = tr.num_prefix_tokens
+            att = tr.attentions[0, -1].detach().double().mean(0)  # (N, N)
+            row = att[0, k:] if k else att[:, :].mean(0)
+            out[m] = row.reshape(tr.grid).cpu()
+        elif m == "rollout":
+            roll = rollout_cls_map(
+                tr.attentions.detach(), tr.grid, tr.num_prefix_tokens, head_fusion, discard_ratio, start_layer
+            )
+            out[m] = roll[0].double().cpu()
+        elif m == "class-specific":
+            out[m] = class_attention_map_from_trace(tr)[0].detach().double().cpu()
+        elif m == "occlusion":
+            out[m] = occlusion_sensitivity(model, x, target)
+        else:
+            out[m] = input_x_gradient(model, x, target)
+    return out
+
+
+class LabCurves(NamedTuple):
+    """Deletion and insertion curves of several maps and of random rankings, on one image."""
+
+    names: list[str]  # the maps, in row order
+    fractions: Tensor  # (S,) hidden (deletion) or restored (insertion) share at each step
+    deletion: Tensor  # (M, S) target probability
+    insertion: Tensor  # (M, S)
+    random_deletion: Tensor  # (R, S), one row per random seed
+    random_insertion: Tensor  # (R, S)
+
+    def areas(self) -> dict[str, tuple[float, float]]:
+        """Map name (and "random": the mean over the seeds) -> (deletion area, insertion area)."""
+        out = {
+            name: (curve_area(d, self.fractions), curve_area(i, self.fractions))
+            for name, d, i in zip(self.names, self.deletion, self.insertion)
+        }
+        if len(self.random_deletion):
+            out[RANDOM] = (
+                float(sum(curve_area(d, self.fractions) for d in self.random_deletion) / len(self.random_deletion)),
+                float(sum(curve_area(i, self.fractions) for i in self.random_insertion) / len(self.random_insertion)),
+            )
+        return out
+
+    def random_area_spread(self) -> tuple[Tensor, Tensor]:
+        """(R,) deletion and (R,) insertion areas of the random rankings, one per seed."""
+        d = torch.tensor([curve_area(c, self.fractions) for c in self.random_deletion], dtype=torch.float64)
+        i = torch.tensor([curve_area(c, self.fractions) for c in self.random_insertion], dtype=torch.float64)
+        return d, i
+
+
+def lab_curves(
+    model: VisionTransformer,
+    x: Tensor,
+    maps: dict[str, Tensor],
+    target: int,
+    random_seeds: int = 10,
+    k: int = 1,
+    seed: int = 0,
+    batch_size: int = CURVE_BATCH,
+) -> LabCurves:
+    """`deletion_insertion_curves` of every map and of `random_seeds` random rankings, in shared batches.
+
+    Args:
+        maps: name -> (gh, gw) or (n,) map.
+        random_seeds: random rankings (`random_saliencies(n, random_seeds, seed)`); 0 for none.
+        k: patches per step.
+    """
+    n = _check_image(model, x, target)
+    rows = [torch.as_tensor(m).detach().reshape(-1).double().cpu() for m in maps.values()]
+    if random_seeds:
+        rows += list(random_saliencies(n, random_seeds, seed))
+    dele, ins = deletion_insertion_curves(model, x, torch.stack(rows), target, k=k, batch_size=batch_size)
+    M = len(maps)
+    return LabCurves(list(maps), step_fractions(n, k), dele[:M], ins[:M], dele[M:], ins[M:])
+
+
+class LabSummary(NamedTuple):
+    """The lab's measures over a set of images: per image, per method (the random mean last)."""
+
+    names: list[str]  # the methods, then "random" (mean of the seeds)
+    fractions: Tensor  # (S,)
+    deletion: Tensor  # (B, M+1) deletion areas
+    insertion: Tensor  # (B, M+1) insertion areas
+    mean_deletion: Tensor  # (M+1, S) mean deletion curve over the images
+    mean_insertion: Tensor  # (M+1, S)
+    spearman: Tensor  # (B, M, M) agreement between the methods' maps (random excluded)
+    top_overlap: Tensor  # (B, M, M)
+
+
+def lab_summary(
+    model: VisionTransformer,
+    images: Tensor,
+    targets: Tensor,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    start_layer: int = 0,
+    random_seeds: int = 10,
+    k: int = 1,
+    methods: tuple[str, ...] = SALIENCY_METHODS,
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = CURVE_BATCH,
+) -> LabSummary:
+    """`saliency_maps`, `lab_curves` and `agreement_matrix` for each image of a set.
+
+    Args:
+        images: (B, C, H, W) preprocessed images.
+        targets: (B,) the class each image's maps and curves follow.
+        progress: called as `progress(images_done, B)` after each image (and once with 0).
+        others: as `saliency_maps` and `lab_curves` (the random seeds are the same for every image).
+    """
+    B = images.shape[0]
+    targets = torch.as_tensor(targets).long().reshape(-1)
+    if B == 0 or targets.shape[0] != B:
+        raise ValueError(f"lab_summary needs images and one target each, got {B} and {targets.shape[0]}")
+    if not random_seeds:
+        raise ValueError("lab_summary needs random rankings (random_seeds >= 1): they are the baseline")
+    dele, ins, rho, over, d_curves, i_curves = [], [], [], [], [], []
+    fractions = None
+    if progress is not None:
+        progress(0, B)
+    for b in range(B):
+        x, t = images[b : b + 1], int(targets[b])
+        maps = saliency_maps(model, x, t, head_fusion, discard_ratio, start_layer, methods)
+        c = lab_curves(model, x, maps, t, random_seeds, k, batch_size=batch_size)
+        fractions = c.fractions
+        areas = c.areas()
+        dele.append([areas[m][0] for m in [*maps, RANDOM]])
+        ins.append([areas[m][1] for m in [*maps, RANDOM]])
+        d_curves.append(torch.cat([c.deletion, c.random_deletion.mean(0, keepdim=True)]))
+        i_curves.append(torch.cat([c.insertion, c.random_insertion.mean(0, keepdim=True)]))
+        r, o = agreement_matrix(torch.stack([m.reshape(-1) for m in maps.values()]))
+        rho.append(r)
+        over.append(o)
+        if progress is not None:
+            progress(b + 1, B)
+    return LabSummary(
+        [*methods, RANDOM],
+        fractions,
+        torch.tensor(dele, dtype=torch.float64),
+        torch.tensor(ins, dtype=torch.float64),
+        torch.stack(d_curves).mean(0),
+        torch.stack(i_curves).mean(0),
+        torch.stack(rho),
+        torch.stack(over),
+    )
