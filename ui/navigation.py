@@ -20,5 +20,7 @@ PAGES = [
     PageEntry("pages/5_attention.py", "Attention", ":material/visibility:", step="Attention"),
     PageEntry("pages/6_prediction.py", "Prediction", ":material/insights:", step="Prediction"),
     PageEntry("pages/7_train.py", "Train", ":material/model_training:"),
+    PageEntry("pages/8_trust.py", "Which map to trust", ":material/fact_check:"),
+    PageEntry("pages/9_compare.py", "Side by side", ":material/compare:"),
 ]
 STEPS = [p for p in PAGES if p.step]  # the five steps, in the order the model takes them
