@@ -201,3 +201,75 @@ def test_token_pca_rgb_by_depth_matches_the_aligned_coordinates():
         for c in range(3):  # each channel increases with its component
             order = torch.argsort(coords[0, d, :, c])
             assert (r[order, c].diff() >= -1e-6).all()
+
+
+def test_variance_explained_by_a_linear_function_of_the_features():
+    g = torch.Generator().manual_seed(4)
+    colours = torch.rand(20, 3, generator=g)
+    linear = colours @ torch.randn(3, 3, generator=g) + 2.0  # exactly a linear function: R² 1
+    noise = torch.randn(20, 3, generator=g)
+    r2 = A.variance_explained_by(torch.stack([linear, noise, torch.ones(20, 3)]), colours)
+    assert r2.shape == (3,)
+    assert r2[0] == pytest.approx(1.0, abs=1e-9)
+    assert 0.0 <= float(r2[1]) < 0.6
+    assert float(r2[2]) == 0.0  # constant: nothing to explain
+
+
+# ---- the Attention page: the Display control and the two-class comparison (AppTest) ----
+
+
+def _attention_page(upload: bytes | None = None):
+    from tests.test_app import ok, start
+
+    at = start()
+    if upload is not None:
+        at.file_uploader(key="image_upload").upload("lake.png", upload, "image/png").run()
+        ok(at)
+    at.switch_page("pages/5_attention.py").run()
+    ok(at)
+    return at
+
+
+def _charts(at) -> list[dict]:
+    import json
+
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def test_attention_maps_over_the_uploaded_photo_and_two_classes_on_one_scale():
+    from tests.test_app import PAGES, ok
+
+    w, h = 300, 120  # a wide photo: the model sees its centre square
+    buf = io.BytesIO()
+    Image.fromarray(photo(w, h, seed=5)).save(buf, format="PNG")
+    at = _attention_page(buf.getvalue())
+    n_charts = PAGES[4][2]
+    before = _charts(at)
+    assert len(before) == n_charts
+    assert before[0]["layout"]["xaxis"]["range"] == [0, 32]  # default: over the 32x32 model input
+    at.radio(key="attn_display_over").set_value("photo").run()
+    at.slider(key="attn_display_opacity").set_value(0.8).run()
+    at.selectbox(key="attn_display_cmap").set_value("Viridis").run()
+    at.toggle(key="attn_display_smooth").set_value(False).run()
+    ok(at)
+    charts = _charts(at)
+    assert len(charts) == n_charts
+    for i in (0, 3, 4):  # the query map, rollout, the class maps: in the photo's pixels
+        assert charts[i]["layout"]["xaxis"]["range"] == [0, w], i
+        assert charts[i]["layout"]["yaxis"]["range"] == [h, 0], i
+    query_map = charts[0]
+    assert decode(query_map["data"][0]["source"]).shape[:2] == (h, w)
+    dashed = [s for s in query_map["layout"]["shapes"] if s.get("line", {}).get("dash") == "dash"]
+    assert [(s["x0"], s["x1"]) for s in dashed] == [(90.0, 210.0)]  # the crop: the centre 120x120
+    # the two class maps: one colour scale, one colour bar
+    cls = charts[4]
+    bars = [t for t in cls["data"] if t.get("marker", {}).get("showscale")]
+    assert len(bars) == 1
+    assert (bars[0]["marker"]["cmin"], bars[0]["marker"]["cmax"]) == (
+        cls["layout"]["meta"]["vmin"],
+        cls["layout"]["meta"]["vmax"],
+    )
+    assert sum(t["type"] == "image" for t in cls["data"]) == 2
+    assert any("one colour scale" in c.value for c in at.caption)
+    # the DINO heads over the photo too
+    assert charts[5]["data"][0]["type"] == "image"

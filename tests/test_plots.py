@@ -338,3 +338,24 @@ def test_logit_lens_and_compare(vit):
     fig = valid(vp.compare_figure({"before": lens[0], "after": lens[-1]}, list("abcde"), [4, 1]))
     assert [tr.name for tr in fig.data] == ["before", "after"] and list(fig.data[1].x) == ["e", "b"]
     assert np.allclose(fig.data[1].y, lens[-1][[4, 1]] * 100)
+
+
+def test_pipeline_wraps_into_rows_with_an_elbow_arrow():
+    stages = [vp.Stage(f"{i}. step", f"{i} x 8", "detail", "") for i in range(6)]
+    fig = valid(vp.pipeline_figure(stages, cols=3))
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(rects) == 6
+    assert {r.y0 for r in rects[:3]} == {0.0} and len({r.y0 for r in rects[3:]}) == 1 > rects[3].y0
+    assert [r.x0 for r in rects[3:]] == [r.x0 for r in rects[:3]]  # the second row starts on the left again
+    assert sum(1 for a in fig.layout.annotations if a.showarrow) == 5  # one arrow into every box but the first
+    assert [s.type for s in fig.layout.shapes].count("path") == 1  # the elbow from box 3 to box 4
+    assert fig.layout.height > vp.pipeline_figure(stages).layout.height  # two rows are taller
+
+
+def test_patch_size_charts_are_stacked_with_their_titles_apart():
+    what = vp.patch_size_whatif((32, 32), [1, 2, 4, 8], 1)
+    fig = valid(vp.patch_size_figure(what, current=4))
+    top, bottom = fig.layout.yaxis.domain, fig.layout.yaxis2.domain
+    assert bottom[1] < top[0]  # one above the other, not side by side
+    t1, t2 = fig.layout.annotations
+    assert t1.y > top[1] and bottom[1] < t2.y < top[0]  # each title between its chart and the one above

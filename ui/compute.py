@@ -146,12 +146,13 @@ def conv_vs_linear(cur: Current) -> dict:
 
 @st.cache_data(**RESULTS)
 def token_views(cur: Current) -> dict[str, np.ndarray]:
-    """Patch tokens at every depth: PCA colours (S, gh, gw, 3) and 2-D PCA coordinates (S, n, 2)."""
-    t = cur.prep.trace
-    depths = range(t.hidden_states.shape[1])
-    rgb = [A.token_pca_rgb(t.hidden_states, d, t.grid, t.num_prefix_tokens)[0] for d in depths]
-    xy = [A.token_pca(t.hidden_states, d, t.num_prefix_tokens, k=2)[0] for d in depths]
-    return {"rgb": torch.stack(rgb).numpy(), "xy": torch.stack(xy).numpy()}
+    """Patch tokens at every depth: PCA colours (S, gh, gw, 3), 2-D PCA coordinates (S, n, 2), and the
+    share of the top-3 PCA variance a patch's mean colour explains linearly (S,)."""
+    t = cur.prep.trace  # signs aligned from one depth to the next, so colours do not flip for nothing
+    rgb = A.token_pca_rgb_by_depth(t.hidden_states, t.grid, t.num_prefix_tokens)[0]
+    coords = A.token_pca_by_depth(t.hidden_states, t.num_prefix_tokens, k=3)[0]
+    r2 = A.variance_explained_by(coords, torch.from_numpy(patch_colours(cur)))
+    return {"rgb": rgb.numpy(), "xy": coords[..., :2].numpy(), "from_colour": r2.numpy()}
 
 
 @st.cache_data(**RESULTS)
@@ -257,3 +258,19 @@ def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
+
+
+ORIGINAL_PX = 1024  # maps over the original photo draw it at most this size (longer side)
+
+
+@st.cache_data(**{**RESULTS, "max_entries": 8})
+def original_for_maps(cur: Current) -> dict:
+    """The original image, at most `ORIGINAL_PX` on its longer side, as (h, w, 3) uint8 ("image"),
+    and the region the model saw in its pixels ("box": left, top, right, bottom)."""
+    image = cur.image.decoded()
+    w, h = image.size
+    box = preprocess_steps(image, cur.cfg).crop_box
+    s = min(1.0, ORIGINAL_PX / max(w, h))
+    if s < 1.0:
+        image = image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return {"image": np.asarray(image.convert("RGB")), "box": tuple(float(v) * s for v in box)}

@@ -174,6 +174,7 @@ def map_figure(
     selected: int | None = None,
     height: int = 420,
     title: str | None = None,
+    max_width: int = 640,
 ) -> go.Figure:
     """A map over any picture of the input (`heat_on_image`), with hover values, clicks and a colour bar.
 
@@ -183,6 +184,8 @@ def map_figure(
         grid: (gh, gw).
         box: the region of `image` the model saw (dashed outline when it is not all of it).
         selected: a patch outlined in cyan (the query).
+        height, max_width: the figure's size at most; a wide picture makes the figure lower rather
+            than wider than `max_width` (a narrower column shrinks it further, keeping its height).
         others: as `heat_on_image` and `vit_plots.overlay_figure`.
     """
     a = to_uint8(image)
@@ -211,7 +214,8 @@ def map_figure(
     # markers as large as the patches on screen, so that a click anywhere on a patch hits it
     layout = {**base_layout(height, title), **image_axes(H, W), "shapes": shapes, "hoverdistance": -1}
     m = layout["margin"]
-    plot_h = height - m["t"] - m["b"]
+    plot_h = min(height - m["t"] - m["b"], (max_width - m["l"] - m["r"] - COLORBAR_PX) * H / W)
+    layout["height"] = int(round(plot_h + m["t"] + m["b"]))
     targets["marker"]["size"] = float(np.clip(plot_h * (b[3] - b[1]) / H / int(grid[0]), 6, 60))
     layout["width"] = int(round(plot_h * W / H + m["l"] + m["r"] + COLORBAR_PX))
     return figure([_image_trace(pixels, H, W), targets], layout)
@@ -232,6 +236,7 @@ def compare_maps_figure(
     value_name: str = "value",
     value_format: str = ".4f",
     height: int = 360,
+    max_width: int = 900,
 ) -> go.Figure:
     """Several maps of one picture side by side on ONE colour scale (one vmin/vmax, one colour bar).
 
@@ -241,6 +246,7 @@ def compare_maps_figure(
     Args:
         heats: (gh, gw) maps, one per panel; titles: one per panel.
         vmin, vmax: the shared range (default: `shared_range` over all the maps).
+        height, max_width: the figure's size at most (wide pictures make it lower).
         others: as `map_figure`.
     """
     a = to_uint8(image)
@@ -255,8 +261,10 @@ def compare_maps_figure(
     lo, hi = shared_range(hs, vmin, vmax)
     k = len(hs)
     m = {"l": 10, "r": 10, "t": 30, "b": 10}
-    plot_h = height - m["t"] - m["b"]
-    pw, gap = plot_h * W / H, 16.0
+    gap = 16.0
+    plot_h = min(height - m["t"] - m["b"], (max_width - m["l"] - m["r"] - COLORBAR_PX - (k - 1) * gap) / k * H / W)
+    pw = plot_h * W / H
+    height = int(round(plot_h + m["t"] + m["b"]))
     total = k * pw + (k - 1) * gap
     data, layout = [], {**base_layout(height, margin=m), "hoverdistance": -1}
     ann = []
@@ -275,13 +283,13 @@ def compare_maps_figure(
         bar = {"colorscale": colorscale, "cmin": lo, "cmax": hi, "colorbar_title": colorbar_title} if i == 0 else {}
         t = _targets(grid, b, h, _hover(value_name, value_format), name=f"patches {i}", **bar)
         data.append({**t, **ref})
-        ann.append(
+        ann.append(  # in the panel's data coordinates: just above its picture, however the figure is sized
             {
                 "text": name,
-                "x": (x0 + x1) / 2,
-                "y": 1.0,
-                "xref": "paper",
-                "yref": "paper",
+                "x": W / 2,
+                "y": 0,
+                "xref": f"x{suffix}",
+                "yref": f"y{suffix}",
                 "yanchor": "bottom",
                 "showarrow": False,
                 "font": {"size": 13},
@@ -329,7 +337,7 @@ def heads_on_image_figure(
         peak = float(m[i].max())
         tiles.append(heat_on_image(a, m[i], b, alpha, colorscale, 0.0, peak if peak > 0 else 1.0, smooth, scale=up))
     th, tw = tiles[0].shape[:2]
-    label = max(16, th // 8)
+    label = max(24, th // 5)  # room for the 12 px head label once the mosaic is shrunk to the column
     rows = int(np.ceil(nh / cols))
     gap = max(2, tw // 40)
     Hm, Wm = rows * (th + label), cols * (tw + gap) - gap

@@ -224,8 +224,12 @@ def patch_size_whatif(
     }
 
 
-def patch_size_figure(whatif: dict[str, np.ndarray], current: int | None = None, height: int = 340) -> go.Figure:
-    """Tokens and attention-matrix entries against patch size (log scale); the model's own patch size in red."""
+def patch_size_figure(whatif: dict[str, np.ndarray], current: int | None = None, height: int = 460) -> go.Figure:
+    """Tokens and attention-matrix entries against patch size (log scale); the model's own patch size in red.
+
+    The two bar charts are stacked, each with its title above it: side by side, in the narrow
+    column the page gives them, the titles ran into each other and the bar labels turned sideways.
+    """
     ps = whatif["patch_size"]
     labels = [f"P={p}" for p in ps]
     colors = ["#ef553b" if current is not None and p == current else "#636efa" for p in ps]
@@ -237,39 +241,37 @@ def patch_size_figure(whatif: dict[str, np.ndarray], current: int | None = None,
             "y": y,
             "marker": {"color": colors},
             "text": [f"{v:,}" for v in y],
-            "textposition": "auto",
+            "textposition": "outside",
+            "textangle": 0,
+            "cliponaxis": False,
             "hovertemplate": "%{x}: %{y:,} " + what + "<extra></extra>",
             "xaxis": f"x{axis}",
             "yaxis": f"y{axis}",
         }
 
+    def title(text: str, y: float) -> dict:
+        return {
+            "text": text,
+            "x": 0,
+            "xanchor": "left",
+            "y": y,
+            "xref": "paper",
+            "yref": "paper",
+            "yanchor": "bottom",
+            "showarrow": False,
+            "font": {"size": 14},
+        }
+
+    top, bottom = [0.58, 0.94], [0.0, 0.36]
     layout = {
-        **base_layout(height, margin={"l": 40, "r": 10, "t": 60, "b": 30}),
-        "xaxis": {"domain": [0, 0.45]},
-        "xaxis2": {"domain": [0.55, 1]},
-        "yaxis": {"type": "log", "anchor": "x", "dtick": 1, "exponentformat": "SI"},
-        "yaxis2": {"type": "log", "anchor": "x2", "dtick": 1, "exponentformat": "SI"},
+        **base_layout(height, margin={"l": 50, "r": 10, "t": 10, "b": 30}),
+        "xaxis": {"anchor": "y"},
+        "xaxis2": {"anchor": "y2"},
+        "yaxis": {"type": "log", "domain": top, "dtick": 1, "exponentformat": "SI"},
+        "yaxis2": {"type": "log", "domain": bottom, "dtick": 1, "exponentformat": "SI"},
         "annotations": [
-            {
-                "text": "tokens N",
-                "x": 0.225,
-                "y": 1.0,
-                "xref": "paper",
-                "yref": "paper",
-                "yanchor": "bottom",
-                "showarrow": False,
-                "font": {"size": 14},
-            },
-            {
-                "text": "attention weights N² (per head, per layer)",
-                "x": 0.775,
-                "y": 1.0,
-                "xref": "paper",
-                "yref": "paper",
-                "yanchor": "bottom",
-                "showarrow": False,
-                "font": {"size": 14},
-            },
+            title("tokens N", top[1] + 0.02),
+            title("attention weights N² (per head, per layer)", bottom[1] + 0.04),
         ],
     }
     return figure(

@@ -38,7 +38,14 @@ from .faithfulness import (
 )
 from .knockout import HeadImportance, head_importance, head_output_means, heads_knocked_out, knockout_heads
 from .patches import conv_vs_linear, patch_boxes, patchify, shuffle_image, unpatchify
-from .tokens import logit_lens, token_pca, token_pca_by_depth, token_pca_rgb, token_pca_rgb_by_depth
+from .tokens import (
+    logit_lens,
+    token_pca,
+    token_pca_by_depth,
+    token_pca_rgb,
+    token_pca_rgb_by_depth,
+    variance_explained_by,
+)
 from .whatif import OCCLUSION_MODES, forward_tokens, occlude_image, occlude_patches, shuffle_patches
 
 __all__ = [
@@ -92,5 +99,6 @@ __all__ = [
     "token_pca_by_depth",
     "token_pca_rgb",
     "token_pca_rgb_by_depth",
+    "variance_explained_by",
     "unpatchify",
 ]

@@ -113,3 +113,27 @@ def token_pca_rgb_by_depth(hidden_states: Tensor, grid: tuple[int, int], num_pre
     coords = token_pca_by_depth(hidden_states, num_prefix_tokens, k=3)  # (B, S, n, 3)
     rgb = scale01(coords, dims=(2,))
     return rgb.reshape(*rgb.shape[:2], gh, gw, 3)
+
+
+def variance_explained_by(coords: Tensor, features: Tensor) -> Tensor:
+    """Share of the variance of `coords` that a linear function of `features` explains (R²).
+
+    E.g. how much of the token-PCA colours at each depth a patch's mean pixel colour predicts:
+    near 1 when the tokens still encode the pixels, lower when they encode something else.
+
+    Args:
+        coords: (..., n, k) per-sample values (e.g. `token_pca_by_depth(...)[0]`, (S, n, k)).
+        features: (n, f) per-sample features (e.g. mean RGB of each patch); a bias is added.
+
+    Returns:
+        (...,) R² in [0, 1] over all k columns together (0 when `coords` is constant).
+    """
+    y = coords.double()
+    x = features.double().reshape(features.shape[0], -1)
+    x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # (n, f+1)
+    n, k = y.shape[-2], y.shape[-1]
+    flat = y.reshape(-1, n, k).transpose(0, 1).reshape(n, -1)  # (n, M*k): one least-squares fit for all
+    fit = (x @ torch.linalg.lstsq(x, flat).solution).reshape(n, -1, k).transpose(0, 1).reshape(y.shape)
+    total = (y - y.mean(dim=-2, keepdim=True)).square().sum(dim=(-2, -1))
+    resid = (y - fit).square().sum(dim=(-2, -1))
+    return torch.where(total > 0, 1.0 - resid / total.clamp_min(1e-300), torch.zeros_like(total)).clamp(0.0, 1.0)
