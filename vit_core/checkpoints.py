@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .catalogue import entry_for_path
+from .cnn import CNNConfig, ResNet, config_from_dict
 from .config import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from .errors import CheckpointError
 from .families import FAMILIES, convert_family, detect_family
@@ -113,7 +114,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
 def load_own(tensors: dict[str, Tensor], meta: dict[str, str], source: str = "checkpoint") -> VisionTransformer:
     """Build our model from a file `save_checkpoint` wrote."""
     try:
-        cfg = ViTConfig.from_dict(json.loads(meta["config"]))
+        cfg = config_from_dict(json.loads(meta["config"]))
         class_names = json.loads(meta.get("class_names", "null"))
     except (KeyError, ValueError, TypeError, ArithmeticError) as e:
         raise CheckpointError(f"{source}: its metadata does not describe a ViT config ({e}).") from None
@@ -123,6 +124,8 @@ def load_own(tensors: dict[str, Tensor], meta: dict[str, str], source: str = "ch
         raise CheckpointError(f"{source}: {len(class_names)} class names but the config has {cfg.num_classes} classes.")
     if class_names is not None:
         class_names = [str(n) for n in class_names]
+    if isinstance(cfg, CNNConfig):
+        return _load_cnn(cfg, class_names, tensors, source)
     pos = tensors.get("pos_embed")
     if pos is not None and pos.dim() == 3:
         gh, gw = cfg.grid_size
@@ -134,6 +137,24 @@ def load_own(tensors: dict[str, Tensor], meta: dict[str, str], source: str = "ch
             )
     model = _unfilled_model(cfg, class_names, tensors, source)
     load_weights(model, tensors, source)
+    return model.eval()
+
+
+def _load_cnn(cfg: CNNConfig, class_names: list[str] | None, tensors: dict[str, Tensor], source: str) -> ResNet:
+    """The ResNet baseline from its own file (BatchNorm's integer step counters included)."""
+    try:
+        model = ResNet(cfg, class_names)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: its config does not describe a buildable ResNet ({e}).") from None
+    own = model.state_dict()
+    floats = {k: v for k, v in own.items() if v.is_floating_point()}  # not BatchNorm's step counters
+    check_fits(floats, {k: v for k, v in tensors.items() if k not in own or k in floats}, source)
+    counters = sorted(k for k in own if k not in floats and k not in tensors)
+    if counters:
+        raise CheckpointError(f"{source} does not fit this ResNet: missing keys {_few(counters)}.")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(tensors[k].to(v.dtype))
     return model.eval()
 
 

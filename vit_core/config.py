@@ -18,7 +18,7 @@ CROP_MODES = ("center", "squash")
 GLOBAL_POOLS = ("token", "avg", "avg_all")
 NORM_PLACEMENTS = ("pre", "post", "stream")
 ACTIVATIONS = ("gelu", "relu")
-POS_EMBED_TYPES = ("learned", "sincos")
+POS_EMBED_TYPES = ("learned", "sincos", "none")
 ATTENTION_AXES = ("tokens", "batch")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
@@ -51,6 +51,7 @@ class ViTConfig:
     activation: str = "gelu"  # MLP nonlinearity: "gelu" (exact, erf) or "relu"
     patch_norm: bool = False  # vit-pytorch: LayerNorm over each flattened patch before the projection, and over D after
     pos_embed_type: str = "learned"  # "learned" (pos_embed weights) or "sincos": fixed 2-D sine-cosine from the grid
+    # ("none": no positions at all, a zero buffer; the model is then permutation-invariant over patches)
     final_norm: bool = True  # LayerNorm after the last block (timm's `norm`); False: none (unless fc_norm)
     attention_axis: str = "tokens"  # "batch": as code that hands (B, N, D) to a sequence-first nn.MultiheadAttention
     # computes it (attention across the images of a batch); run one image at a time, each token attends to itself
@@ -97,8 +98,11 @@ class ViTConfig:
                 raise ValueError(f"{name} must be one of {allowed}, not {v!r}")
         if self.pos_embed_type == "sincos" and (self.embed_dim % 4 or self.embed_dim < 8):
             raise ValueError(f"sine-cosine positions need a width divisible by 4 (at least 8), not {self.embed_dim}")
-        if self.pos_embed_type == "sincos" and self.num_prefix_tokens:
-            raise ValueError("sine-cosine positions are defined for patch tokens only: no class or other prefix tokens")
+        if self.pos_embed_type == "sincos" and self.num_prefix_tokens and not self.no_embed_class:
+            raise ValueError(
+                "sine-cosine positions are defined for patch tokens only: with class or other prefix tokens, "
+                "set no_embed_class=True (the prefix tokens then get no position)"
+            )
         if self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.global_pool not in GLOBAL_POOLS:

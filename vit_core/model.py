@@ -287,6 +287,8 @@ class VisionTransformer(nn.Module):
         embed_len = gh * gw + (0 if cfg.no_embed_class else cfg.num_prefix_tokens)
         if cfg.pos_embed_type == "sincos":  # fixed: a buffer for inspection, not in the state dict
             self.register_buffer("pos_embed", sincos_pos_embed(cfg.grid_size, D), persistent=False)
+        elif cfg.pos_embed_type == "none":  # no positions: zeros, so adding them changes nothing, exactly
+            self.register_buffer("pos_embed", torch.zeros(1, embed_len, D), persistent=False)
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D))
         # stochastic depth rising linearly with depth, 0 for the first block (timm's schedule)
@@ -339,6 +341,9 @@ class VisionTransformer(nn.Module):
             fixed = sincos_pos_embed(self.cfg.grid_size, self.cfg.embed_dim)
             with torch.no_grad():
                 self.pos_embed.copy_(fixed.to(self.pos_embed.dtype))
+        elif self.cfg.pos_embed_type == "none":
+            with torch.no_grad():
+                self.pos_embed.zero_()
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """Position embeddings for a patch grid: the learned ones, resampled if needed, or the
@@ -347,6 +352,8 @@ class VisionTransformer(nn.Module):
             p = self.pos_embed
             return sincos_pos_embed(grid, self.cfg.embed_dim, dtype=p.dtype).to(p.device)
         k = 0 if self.cfg.no_embed_class else self.num_prefix_tokens
+        if self.cfg.pos_embed_type == "none":
+            return self.pos_embed.new_zeros(1, k + grid[0] * grid[1], self.cfg.embed_dim)
         return resample_pos_embed(self.pos_embed, grid, self.cfg.grid_size, k)
 
     def embed(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:

@@ -52,14 +52,16 @@ from torch import Tensor, nn
 
 from .batches import augment_batch, iterate_batches, mix_batch, normalize_batch
 from .checkpoints import load_checkpoint, save_checkpoint
+from .cnn import CNN_ARCH, CNN_PRESETS, CNNConfig, build_model
 from .config import CIFAR10_MEAN, CIFAR10_STD, ViTConfig
 from .data import ImageDataset
 from .errors import CheckpointError, DataError
 from .evaluation import EvalResult, eval_result, evaluate
 from .export import exported_accuracy, save_float16
 from .fileio import atomic_write
-from .model import VisionTransformer
+from .subsets import balanced_subset
 
+ARCHS = ("vit", CNN_ARCH)
 STATE_FORMAT = "vit-explorer-train/1"
 
 
@@ -74,6 +76,16 @@ class TrainConfig:
     depth: int = 6  # transformer blocks L
     num_heads: int = 4  # attention heads
     mlp_ratio: float = 2.0  # MLP hidden width / D
+    # ViT variants (the ablations of the Experiments page); the defaults are the plain ViT above
+    pos_embed_type: str = "learned"  # "learned", "sincos" (fixed 2-D sine-cosine) or "none" (no positions)
+    global_pool: str = "token"  # read-out: "token" (the [CLS] token) or "avg" (mean of the patch tokens)
+    class_token: bool = True  # prepend a [CLS] token (global_pool "token" needs it)
+    reg_tokens: int = 0  # register tokens after the [CLS] token (Darcet et al. 2023)
+    # or the CNN baseline instead of a ViT (vit_core.cnn), trained with the same recipe and data
+    arch: str = "vit"  # "vit", or "resnet": the ResNet of `cnn_preset` (the ViT shape fields are then unused)
+    cnn_preset: str = "quick"  # a key of vit_core.cnn.CNN_PRESETS ("quick" ~0.55M, "bundled" ~1.8M parameters)
+    # data budget
+    train_size: int = 0  # training images: 0 = all; else a class-balanced subset, fixed by `seed`
     # optimisation
     epochs: float = 30.0  # length of the schedule, in passes over the training set
     batch_size: int = 128  # images per step
@@ -115,6 +127,14 @@ class TrainConfig:
             raise ValueError("mix_prob and mix_switch_prob must be in [0, 1]")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError("mixup_alpha and cutmix_alpha must be >= 0 (0 turns them off)")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, not {self.arch!r}")
+        if self.cnn_preset not in CNN_PRESETS:
+            raise ValueError(f"cnn_preset must be one of {sorted(CNN_PRESETS)}, not {self.cnn_preset!r}")
+        if isinstance(self.train_size, bool) or not isinstance(self.train_size, int) or self.train_size < 0:
+            raise ValueError(
+                f"train_size must be 0 (all images) or a positive number of images, not {self.train_size!r}"
+            )
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed."""
@@ -137,8 +157,25 @@ class TrainConfig:
         per_epoch = max(1, train_size // self.batch_size)
         return per_epoch, max(1, int(round(self.epochs * per_epoch)))
 
+    def model_config(self, num_classes: int, in_chans: int = 3) -> ViTConfig | CNNConfig:
+        """The architecture (and preprocessing) this run trains: a ViT's or, with arch "resnet", a CNN's."""
+        if self.arch == CNN_ARCH:
+            name = CNN_PRESETS[self.cnn_preset].name if self.name.startswith("ViT") else self.name
+            return CNN_PRESETS[self.cnn_preset].replace(
+                img_size=(self.img_size, self.img_size),
+                in_chans=in_chans,
+                num_classes=num_classes,
+                mean=self.mean,
+                std=self.std,
+                crop_pct=1.0,
+                interpolation="bicubic",
+                name=name,
+            )
+        return self.vit_config(num_classes, in_chans)
+
     def vit_config(self, num_classes: int, in_chans: int = 3) -> ViTConfig:
-        """The architecture (and preprocessing) this run trains."""
+        """The ViT this run trains (whatever `arch` says)."""
+        prefix = int(self.class_token) + self.reg_tokens
         return ViTConfig(
             img_size=self.img_size,
             patch_size=self.patch_size,
@@ -154,6 +191,12 @@ class TrainConfig:
             interpolation="bicubic",
             name=self.name,
             drop_path_rate=self.drop_path,
+            pos_embed_type=self.pos_embed_type,
+            global_pool=self.global_pool,
+            class_token=self.class_token,
+            reg_tokens=self.reg_tokens,
+            # fixed sine-cosine positions are for patches only: prefix tokens then get none
+            no_embed_class=self.pos_embed_type == "sincos" and prefix > 0,
         )
 
 
@@ -298,6 +341,22 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def training_subset(train: ImageDataset, size: int, seed: int) -> ImageDataset:
+    """The class-balanced `size` images a run with `train_size=size` and `seed` trains on
+    (`vit_core.subsets.balanced_subset`: deterministic, nested across sizes).
+
+    Raises:
+        DataError: the dataset cannot give `size` balanced images.
+    """
+    try:
+        idx = balanced_subset(train.labels, size, seed, train.num_classes)
+    except ValueError as e:
+        raise DataError(f"train_size {size}: {e}") from None
+    sub = train.subset(idx)
+    sub.source = f"{train.source} (balanced subset of {size}, seed {seed})" if train.source else sub.source
+    return sub
+
+
 class Diverged(Exception):
     """The loss or the gradient norm stopped being finite (the message says which, and where)."""
 
@@ -333,6 +392,10 @@ class Trainer:
             raise DataError(f"The training set has {len(train)} images, fewer than one batch of {cfg.batch_size}.")
         if train.image_size != (cfg.img_size, cfg.img_size):
             raise DataError(f"Images are {train.image_size}, but the config expects {cfg.img_size}x{cfg.img_size}.")
+        if cfg.train_size and cfg.train_size != len(train):
+            train = training_subset(train, cfg.train_size, cfg.seed)
+            if len(train) < cfg.batch_size:
+                raise DataError(f"train_size {cfg.train_size} is fewer images than one batch of {cfg.batch_size}.")
         self.cfg = cfg
         self.train_data = train
         self.test_data = test
@@ -342,7 +405,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.autocast_dtype = self._autocast_dtype()
         torch.manual_seed(cfg.seed)
-        self.model = VisionTransformer(cfg.vit_config(train.num_classes, int(train.images.shape[1])), train.class_names)
+        self.model = build_model(cfg.model_config(train.num_classes, int(train.images.shape[1])), train.class_names)
         if cfg.init_from:
             self._init_weights(cfg.init_from)
         self.model.to(self.device)
