@@ -41,6 +41,7 @@ def server(tmp_path_factory):
         "VIT_EXPLORER_DATA": str(data),
         "VIT_EXPLORER_TRAIN_DIR": str(runs_dir),
         "VIT_EXPLORER_RUN_GRACE_S": "0",
+        "VIT_EXPLORER_MAX_ARCHIVE_MB": "8",
     }
     with streamlit_server("streamlit_train.log", env=env) as srv:
         yield srv.url, runs_dir
@@ -130,7 +131,8 @@ def test_pause_resume_and_stop_a_long_run(server, browser):
     context, pg = open_train_page(browser, url)
     try:
         main = pg.locator('[data-testid="stMain"]')
-        choose(pg, "Batch size", "8")  # the default model (about 1.8M parameters): tens of ms a step
+        choose(pg, "Preset", next(o for o in preset_options(pg) if o.startswith("Quick")))
+        choose(pg, "Batch size", "8")  # the quick model (about 0.8M parameters): tens of ms a step
         type_number(pg, "Epochs", "500")  # 4,500 steps: minutes
         pg.get_by_role("button", name=re.compile("Start training")).click()
         wait_running(pg)
@@ -247,3 +249,63 @@ def test_closing_the_tab_stops_its_run(server, browser):
         time.sleep(0.5)
     m = newest_metrics(runs_dir)
     assert 0 < m["step"] < m["total_steps"]
+
+
+def shoot_at(pg, name: str, width: int) -> Path:
+    """The whole page at `width` px (the viewport made as tall as the page), to tests/artifacts/<name>.png."""
+    path = ARTIFACTS / f"{name}.png"
+    js = "() => { const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1000; }"
+    pg.set_viewport_size({"width": width, "height": int(min(pg.evaluate(js) + 40, 9000))})
+    time.sleep(0.8)
+    pg.screenshot(path=str(path))
+    pg.set_viewport_size({"width": width, "height": 1000})
+    time.sleep(0.3)
+    return path
+
+
+def preset_options(pg) -> list[str]:
+    pg.get_by_role("combobox", name="Preset", exact=True).click()
+    options = [o.inner_text() for o in pg.get_by_role("option").all()]
+    pg.keyboard.press("Escape")
+    idle(pg, 0.3)
+    return options
+
+
+@pytest.mark.parametrize("width", [1100, 1400])
+def test_setup_at_classroom_widths_shows_estimates_and_refuses_an_upload_bomb(server, browser, width, tmp_path):
+    import io
+    import tarfile
+
+    url, _ = server
+    context, pg = open_train_page(browser, url)
+    try:
+        pg.set_viewport_size({"width": width, "height": 1000})
+        idle(pg, 0.5)
+        main = pg.locator('[data-testid="stMain"]')
+        options = preset_options(pg)
+        assert options[0].startswith("Demo") and all("on this server now" in o for o in options), options
+        text = main.inner_text()
+        assert "cifar10_jpeg.tar.gz" in text and "Measured (Demo)" in text and "floating-point operations" in text
+        shoot_at(pg, f"train_setup_{width}", width)
+
+        bomb = tmp_path / "bomb.tar.gz"
+        with tarfile.open(bomb, "w:gz") as tf:
+            info = tarfile.TarInfo("train/a/zeros.jpg")
+            info.size = 64 * 2**20
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
+        pg.get_by_text("Upload an archive", exact=True).click()
+        idle(pg, 0.5)
+        main.locator('input[type="file"]').set_input_files(str(bomb))
+        try:
+            pg.wait_for_function(
+                "() => (document.querySelector('[data-testid=\"stMain\"]') || {innerText: ''}).innerText.includes('unpacks to more than 8 MB')",
+                timeout=60_000,
+            )
+        except Exception:
+            shoot_at(pg, f"train_upload_failed_{width}", width)
+            raise
+        idle(pg, 0.5)
+        assert pg.get_by_role("button", name=re.compile("Start training")).is_disabled()
+        shoot_at(pg, f"train_upload_refused_{width}", width)
+    finally:
+        context.close()

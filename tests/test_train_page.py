@@ -100,12 +100,12 @@ def test_start_live_pause_stop_resume_finish_and_use_the_model(tiny):
     set_tiny(at, epochs=total // 9)
     m = metrics(at)
     params, tokens = model_size(
-        runs.APP_PRESETS["quick"].replace(**{"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}), 3
+        runs.APP_PRESETS["demo"].replace(**{"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}), 3
     )
     assert m["Parameters"] == f"{params:,}" and m["Tokens per image"] == str(tokens) == "17"
     assert m["Optimiser steps"] == str(total)  # 72 images / batch 8 = 9 steps per epoch
     assert m["Estimated time"].endswith(("s", "min"))
-    assert "timing two training steps" in texts(at, "caption")
+    assert "floating-point operations" in texts(at, "caption") and "measured once" in texts(at, "caption")
 
     at.button(key="train_start").click().run()
     assert not at.exception, [e.message for e in at.exception]
@@ -190,7 +190,8 @@ def test_the_thread_ends_when_the_session_ends(tiny):
     assert model_ref() is None, "the session's model is still in memory"
 
 
-def test_cap_on_concurrent_runs_is_explained(tiny, monkeypatch):
+def test_a_full_server_shows_the_place_in_the_queue_and_starts_the_run_by_itself(tiny, monkeypatch):
+    """Before: the second session was refused ("already training 1 model")."""
     monkeypatch.setenv("VIT_EXPLORER_MAX_RUNS", "1")
     a = open_page()
     set_tiny(a, epochs=500)
@@ -199,17 +200,21 @@ def test_cap_on_concurrent_runs_is_explained(tiny, monkeypatch):
     assert run_a.alive
 
     b = open_page()  # another browser session
-    assert "at most 1 at once" in texts(b, "caption")
+    assert "at most 1 at once" in texts(b, "caption") and "queue" in texts(b, "caption")
     set_tiny(b, epochs=1)
     b.button(key="train_start").click().run()
-    assert "train_run" not in b.session_state
-    assert "already training 1 model" in texts(b, "error") and "VIT_EXPLORER_MAX_RUNS=1" in texts(b, "error")
+    assert not b.exception, [e.message for e in b.exception]
+    run_b = b.session_state["train_run"]
+    assert run_b.view().status == "queued"
+    assert "You are 1st in the queue" in texts(b, "info")
+    a.run()  # the first session keeps working
+    assert not a.exception and run_a.alive
 
     run_a.stop()
     assert run_a.join(30)
-    b.button(key="train_start").click().run()
-    assert "train_run" in b.session_state
-    assert b.session_state["train_run"].join(60) and b.session_state["train_run"].view().status == "finished"
+    wait_for(lambda: run_b.alive or run_b.view().done, what="the queued run to start by itself")
+    assert run_b.join(60) and run_b.view().status == "finished"
+    poll(b, lambda: bool(b.success), what="the results in the second session")
 
 
 def test_the_rest_of_the_app_works_while_training(tiny):
@@ -289,3 +294,151 @@ def test_use_this_model_after_the_app_modules_were_reloaded(tiny, monkeypatch):
     assert type(model) is Reloaded and not model.training
     trained = run.export_model().state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+
+
+# ---- issue 16 / issue 15: the page in a classroom ------------------------------------------------------
+
+
+def test_an_uploaded_archive_bomb_is_refused_in_memory_and_a_good_upload_is_stored_once(tiny, tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    from tests._tiny_data import make_jpeg_archive
+    from ui.training import uploads
+
+    monkeypatch.setattr(uploads, "UPLOAD_DIR", tmp_path / "uploads")
+    monkeypatch.setenv("VIT_EXPLORER_MAX_ARCHIVE_MB", "8")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("train/a/zeros.jpg")
+        info.size = 64 * 2**20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    at = open_page()
+    at.radio(key="train_source").set_value("upload").run()
+    at.file_uploader(key="train_upload").upload("bomb.tar.gz", buf.getvalue(), "application/gzip").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "unpacks to more than 8 MB" in texts(at, "error")
+    assert not list((tmp_path / "uploads").rglob("*.tar*")) and not (tmp_path / "cache").exists()
+    assert at.button(key="train_start").disabled
+
+    good = make_jpeg_archive(tmp_path / "mine.tar.gz").read_bytes()
+    b = open_page()  # another session uploads a good archive, twice in two sessions
+    for session in (at, b):
+        session.radio(key="train_source").set_value("upload").run()
+        session.file_uploader(key="train_upload").upload("mine.tar.gz", good, "application/gzip").run()
+        assert not session.exception, [e.message for e in session.exception]
+    assert len(list((tmp_path / "uploads" / "shared").glob("*.tar.gz"))) == 1
+    assert "72 training and 24 test images" in texts(b, "success")
+
+
+def test_changing_the_form_times_no_training_steps(tiny, monkeypatch):
+    """Before: every new shape timed three training steps in the request thread (108 s of CPU for one change)."""
+    from vit_core import costs
+
+    measured = []
+    real = costs._measure
+    monkeypatch.setattr(costs, "_measure", lambda t, d: measured.append(t) or real(t, d))
+    at = open_page()
+    set_tiny(at, epochs=2)
+    t0 = time.process_time()
+    for width in (16, 48, 64, 96):
+        at.selectbox(key="train_width").set_value(width).run()
+        assert not at.exception, [e.message for e in at.exception]
+    assert len(measured) <= 1  # at most the one calibration of this process
+    assert time.process_time() - t0 < 20
+    assert "floating-point operations" in texts(at, "caption")
+
+
+def test_preset_labels_show_this_servers_estimate_and_the_measured_figure(tiny):
+    at = open_page()
+    preset = at.selectbox(key="train_preset")
+    assert preset.value == "demo"
+    labels = preset.options
+    assert all("on this server now" in label for label in labels), labels
+    assert not any("10 minutes" in label or "3 hours" in label for label in labels)
+    assert "Measured (Demo):" in texts(at, "caption")
+
+
+def test_too_many_epochs_or_tokens_disable_start_with_the_reason(tiny, monkeypatch):
+    monkeypatch.setenv("VIT_EXPLORER_MAX_TOKENS", "32")
+    at = open_page()
+    set_tiny(at, epochs=1)
+    at.selectbox(key="train_patch").set_value(4).run()  # 65 tokens
+    assert "65 tokens per image" in texts(at, "error") and "allows 32" in texts(at, "error")
+    assert at.button(key="train_start").disabled
+
+
+def test_cifar10_unpacked_by_an_earlier_session_is_found_and_the_text_names_the_jpeg_archive(tmp_path, monkeypatch):
+    import shutil
+
+    from vit_core.config import CIFAR10_CLASSES
+
+    cache = tmp_path / "cache"
+    entry = cache / "archives" / "0123456789abcdef"
+    for split in ("train", "test"):
+        for c in CIFAR10_CLASSES:
+            (entry / split / c).mkdir(parents=True)
+    make_image_folder(tmp_path / "src", classes=1, train_per_class=10, test_per_class=2)
+    for split in ("train", "test"):
+        for c in CIFAR10_CLASSES:
+            for p in (tmp_path / "src" / split / "class0").iterdir():
+                shutil.copy(p, entry / split / c / p.name)
+    (entry / ".complete").write_text("cifar10_jpeg.tar.gz")
+    monkeypatch.setenv("VIT_EXPLORER_DATA", str(cache))
+    monkeypatch.setattr("ui.training.data_picker.ROOT", tmp_path)  # no ./data/cifar10
+    at = open_page()
+    assert at.radio(key="train_source").value == "download"
+    assert "CIFAR-10 already on this server" in at.radio(key="train_source").options
+    assert "CIFAR-10 (an image folder this server unpacked earlier)" in texts(at, "success")
+    assert not at.button(key="train_start").disabled
+    assert "cifar10_jpeg.tar.gz" in texts(at, "caption") and "*.jpg" in texts(at, "caption")
+
+
+def test_stop_shows_the_results_within_5_s_and_the_eta_waits_for_a_measurement(tiny):
+    at = open_page()
+    set_tiny(at, epochs=500)
+    at.button(key="train_start").click().run()
+    run = at.session_state["train_run"]
+    wait_for(lambda: run.view().step >= 1, what="a step")
+    at.run()
+    assert "measuring the speed" in progress_text(at) or run.view().step >= 5
+
+    t0 = time.monotonic()
+    at.button(key="train_stop").click().run()
+    poll(at, lambda: bool(at.warning), timeout=5, what="the stopped run's results within 5 s")
+    assert time.monotonic() - t0 < 5 + 2  # one AppTest script run of slack
+    assert run.join(60)
+    poll(at, lambda: metrics(at).get("Test accuracy", "–") != "–", what="the final evaluation")
+
+
+def test_the_badge_says_a_run_of_this_session_trains_and_links_to_the_train_page(tiny):
+    def page() -> None:
+        import streamlit as st
+
+        from tests._tiny_data import tiny_config
+        from ui.training.badge import running_badge
+        from vit_core.runs import TrainingRun
+        from vit_core.sources import DataSource
+
+        if "train_run" not in st.session_state:
+            run = TrainingRun(tiny_config(epochs=500), DataSource("path", st.secrets.get("folder", "")))
+            st.session_state["train_run"] = run
+        running_badge()
+
+    at = AppTest.from_function(page, default_timeout=TIMEOUT)
+    at.secrets["folder"] = str(tiny)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.sidebar.caption  # a run that was never started: no badge
+    run = at.session_state["train_run"]
+    run.start()
+    wait_for(lambda: run.view().step >= 1, what="a step")
+    at.run()
+    shown = " ".join(str(c.value) for c in at.sidebar.caption) + " ".join(
+        str(getattr(e, "proto", "")) for e in at.sidebar
+    )
+    assert "Training" in shown
+    run.stop()
+    assert run.join(60)
+    at.run()
+    assert "Training" not in " ".join(str(c.value) for c in at.sidebar.caption)

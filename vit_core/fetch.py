@@ -467,6 +467,31 @@ def is_cifar10_archive(archive: str | os.PathLike, limits: Limits | None = None)
     return False
 
 
+def archive_image_counts(archive: str | os.PathLike, limits: Limits | None = None) -> tuple[dict[str, int], list[str]]:
+    """Images per split and the train classes of a tarred image folder, from member names (nothing written).
+
+    Raises:
+        DataError: not a readable tar archive, or over a limit.
+    """
+    name = Path(archive).name
+    counts: dict[str, int] = {}
+    classes: set[str] = set()
+    try:
+        with tarfile.open(archive, "r:*") as tf:
+            for m in members_within_limits(tf, name, limits):
+                parts = [p for p in Path(m.name).parts if p not in (".", "")]
+                if not m.isfile() or Path(m.name).suffix.lower() not in (".jpg", ".jpeg", ".png"):
+                    continue
+                for i, part in enumerate(parts[:2]):
+                    if part in ("train", "test") and len(parts) == i + 3:
+                        counts[part] = counts.get(part, 0) + 1
+                        if part == "train":
+                            classes.add(parts[i + 1])
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{name} is not a readable tar archive (truncated or damaged): {e}") from None
+    return counts, sorted(classes)
+
+
 ARCHIVES_DIR = "archives"  # <cache>/archives/<content hash>: unpacked archives, least recently used evicted
 COMPLETE = ".complete"  # written into an unpacked archive's folder when it is whole
 

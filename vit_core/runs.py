@@ -60,6 +60,7 @@ import torch
 
 from .batches import normalize_batch
 from .checkpoints import save_checkpoint
+from .cnn import is_cnn
 from .data import ImageDataset
 from .errors import DataError, VitCoreError
 from .evaluation import EvalResult, eval_result, evaluate
@@ -67,6 +68,7 @@ from .limits import check_model_cost, current_limits
 from .model import VisionTransformer
 from .snapshots import Snapshot, take_snapshot
 from .sources import DataSource, load_source
+from .subsets import balanced_subset
 from .threads import TRAIN_THREADS_ENV, training_threads
 from .train import PRESETS, StepMetrics, TrainConfig, Trainer
 
@@ -76,6 +78,7 @@ RUNS_DIR_ENV = "VIT_EXPLORER_TRAIN_DIR"
 DEFAULT_MAX_RUNS = 2
 DEFAULT_GRACE_S = 30.0
 STALE_RUN_S = 24 * 3600  # run folders older than this are swept when a new run starts
+SNAPSHOT_MEASURE_IMAGES = 64  # test images each ViT snapshot's emergence measures average over
 RUN_MARKER = ".vit-explorer-run"  # written into every run folder this module creates; the sweep needs it
 
 # Recipes the app offers: a demo for a lesson, the trainer's two, and a longer run of the bundled recipe.
@@ -107,7 +110,8 @@ def preset_summary(key: str, estimate_s: float | None = None) -> str:
     cfg = APP_PRESETS[key]
     tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
     est = f" · about {_fmt_minutes(estimate_s)} on this server now" if estimate_s is not None else ""
-    return f"patch {cfg.patch_size} ({tokens} tokens), D {cfg.embed_dim}, {cfg.epochs:g} epochs{est}: {PRESET_NOTES.get(key, '')}"
+    epochs = f"{cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}"
+    return f"patch {cfg.patch_size} ({tokens} tokens), D {cfg.embed_dim}, {epochs}{est}: {PRESET_NOTES.get(key, '')}"
 
 
 def _fmt_minutes(s: float) -> str:
@@ -170,7 +174,8 @@ def check_run_config(cfg: TrainConfig, num_classes: int = 10) -> None:
             f"Images of {cfg.img_size}x{cfg.img_size} pixels are larger than this server trains on "
             f"({lim.max_train_img_size}x{lim.max_train_img_size}, VIT_EXPLORER_MAX_TRAIN_IMG_SIZE). Use smaller images."
         )
-    check_model_cost(cfg.vit_config(num_classes), lim, source="This model")
+    if cfg.arch == "vit":  # the CNN baseline has no tokens or attention maps to cap
+        check_model_cost(cfg.vit_config(num_classes), lim, source="This model")
 
 
 def runs_root() -> Path:
@@ -376,6 +381,7 @@ class TrainingRun:
         self._trainer: Trainer | None = None
         self._data: tuple[ImageDataset, ImageDataset] | None = None
         self._probe: torch.Tensor | None = None
+        self._measure_set: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, labels) for snapshot measures
         self._status = "new"
         self._message = ""
         self._detail = ""
@@ -681,12 +687,18 @@ class TrainingRun:
             trainer = Trainer(cfg, train, eval_set, out_dir=self.out_dir, **kwargs)
         probe = normalize_batch(test.images[self.probe_index % len(test)][None].to(trainer.device), cfg.mean, cfg.std)
         params = trainer.model.num_params()
-        gh, gw = trainer.model.cfg.grid_size
+        cnn = is_cnn(trainer.model)  # a CNN has no tokens, attention or position embeddings
+        tokens = 0 if cnn else trainer.model.num_prefix_tokens + math.prod(trainer.model.cfg.grid_size)
+        # a fixed balanced set of test images for the emergence measures of every ViT snapshot
+        picked = balanced_subset(test.labels, min(SNAPSHOT_MEASURE_IMAGES, len(test)), seed=0) if not cnn else None
         with self.lock:
             self._trainer = trainer
             self._probe = probe
+            if picked is not None:
+                images = normalize_batch(test.images[picked].to(trainer.device), cfg.mean, cfg.std)
+                self._measure_set = (images, test.labels[picked])
             self._params = params
-            self._tokens = trainer.model.num_prefix_tokens + gh * gw
+            self._tokens = tokens
             self._snapshot_every = max(1, trainer.total_steps // self.n_snapshots)
             self._t_first = self._t_last = None
             if self._pause_requested:
@@ -847,7 +859,15 @@ class TrainingRun:
         if probe is None:
             return
         try:
-            snap = take_snapshot(trainer.model, probe, trainer.step, trainer.step / trainer.steps_per_epoch)
+            images, labels = self._measure_set or (None, None)
+            snap = take_snapshot(
+                trainer.model,
+                probe,
+                trainer.step,
+                trainer.step / trainer.steps_per_epoch,
+                measure_images=images,
+                measure_labels=labels,
+            )
         except Exception as e:  # noqa: BLE001 - a failed picture must not stop the training
             self._set(detail=f"snapshot failed: {e}")
             return

@@ -291,10 +291,22 @@ def inspect_source(source: DataSource) -> DataInfo:
             raise DataError(
                 f"{path.name} is not a tar archive: expected {CIFAR10_ARCHIVE} or a .tar.gz of an image folder."
             )
-        cifar.description = (
-            f"archive {path.name} ({path.stat().st_size / 2**20:.0f} MB; checked and unpacked when training starts)"
+        size = f"{path.stat().st_size / 2**20:.0f} MB"
+        if fetch.is_cifar10_archive(path):
+            cifar.description = f"CIFAR-10 archive {path.name} ({size}; checked and unpacked when training starts)"
+            return cifar
+        counts, classes = fetch.archive_image_counts(path)
+        if not counts.get("train") or not counts.get("test"):
+            raise DataError(
+                f"{path.name} holds neither CIFAR-10's {CIFAR10_FOLDER}/ nor an image folder with train/<class>/*.jpg "
+                "and test/<class>/*.jpg."
+            )
+        return DataInfo(
+            f"archive {path.name} ({size}, an image folder; unpacked when training starts)",
+            counts["train"],
+            counts["test"],
+            classes,
         )
-        return cifar  # sizes are confirmed when it is read
     if (path / "data_batch_1").is_file() or (path / CIFAR10_FOLDER / "data_batch_1").is_file():
         cifar.description = f"CIFAR-10 official batches in {path}"
         return cifar

@@ -8,21 +8,31 @@ from pathlib import Path
 import streamlit as st
 
 from vit_core.download_job import DownloadJob
-from vit_core.errors import DataError
+from vit_core.errors import DataError, VitCoreError
 from vit_core.fetch import CACHE_ENV, CIFAR10_ARCHIVE, CIFAR10_DOWNLOAD_MB, CIFAR10_URL, default_cache_dir
-from vit_core.sources import DataInfo, DataSource, cifar10_cached, inspect_source, missing_data_help
+from vit_core.limits import current_limits
+from vit_core.sources import ACCEPTED, DataInfo, DataSource, cifar10_cached, inspect_source, missing_data_help
 
-from .lease import DOWNLOAD_KEY, hold
-from .uploads import save_upload
+from .lease import DOWNLOAD_KEY, hold, session_id
+from .uploads import SessionUploads
 
 ROOT = Path(__file__).resolve().parents[2]
 UPLOAD_MB = 200
 _UPLOAD_PATH = "_train_upload_path"
+_UPLOAD_ERROR = "_train_upload_error"
+_UPLOADS = "_train_uploads"  # the session's SessionUploads
 SOURCES = {
     "path": "A folder or archive on this machine",
     "download": f"Download the official CIFAR-10 ({CIFAR10_DOWNLOAD_MB} MB)",
     "upload": "Upload an archive",
 }
+FOUND_LABEL = "CIFAR-10 already on this server"  # the "download" option once a copy is in the cache
+
+
+def _source_label(key: str) -> str:
+    if key == "download" and cifar10_cached() is not None:
+        return FOUND_LABEL
+    return SOURCES[key]
 
 
 def suggested_path() -> str | None:
@@ -52,18 +62,21 @@ def _inspect_source(source: DataSource) -> DataInfo:
 def data_picker() -> tuple[DataSource | None, DataInfo | None]:
     """Where the images come from; returns the source and what it holds, or (None, None)."""
     suggested = suggested_path()
-    st.session_state.setdefault("train_source", "path" if suggested or cifar10_cached() is None else "download")
-    if cifar10_cached() is not None and suggested is None:
-        st.session_state.setdefault("train_source", "download")
+    # CIFAR-10 this server already has (any earlier session's unpacked copy) comes first.
+    st.session_state.setdefault("train_source", "download" if cifar10_cached() is not None or not suggested else "path")
+    options = [k for k in SOURCES if not (k == "path" and current_limits().public)]  # no server paths in class
+    if st.session_state["train_source"] not in options:
+        st.session_state["train_source"] = options[0]
     choice = st.radio(
-        "Where the images come from", list(SOURCES), format_func=SOURCES.get, key="train_source", horizontal=True
+        "Where the images come from", options, format_func=_source_label, key="train_source", horizontal=True
     )
+    st.caption(f"The Train page takes {ACCEPTED}.")
     source: DataSource | None = None
     if choice == "path":
         st.session_state.setdefault("train_path", suggested or "")
         raw = st.text_input(
-            "Path of the CIFAR-10 archive (`cifar-10-python.tar.gz`), its extracted folder, or an image folder "
-            "(`train/<class>/*.png` and `test/<class>/*.png`)",
+            "Path of a CIFAR-10 archive (`cifar-10-python.tar.gz` or the JPEG `cifar10_jpeg.tar.gz`), its "
+            "unpacked folder, or an image folder (`train/<class>/*.jpg` and `test/<class>/*.jpg`)",
             key="train_path",
             placeholder="data/cifar10",
         ).strip()
@@ -132,18 +145,40 @@ def _download_box() -> None:
     _progress()
 
 
+def _session_uploads() -> SessionUploads:
+    uploads = st.session_state.get(_UPLOADS)
+    if uploads is None:
+        uploads = st.session_state[_UPLOADS] = SessionUploads(session_id() or "no-session")
+    hold(uploads, f"uploads:{uploads.session}")  # removed when the session ends
+    return uploads
+
+
 def _on_upload() -> None:
     up = st.session_state.get("train_upload")
+    st.session_state.pop(_UPLOAD_ERROR, None)
     if up is None:
         st.session_state.pop(_UPLOAD_PATH, None)
         return
-    st.session_state[_UPLOAD_PATH] = str(save_upload(up.name, up.getvalue()))
+    try:
+        path = _session_uploads().save(up.name, up.getvalue())
+    except VitCoreError as e:
+        st.session_state.pop(_UPLOAD_PATH, None)
+        st.session_state[_UPLOAD_ERROR] = str(e)
+        return
+    st.session_state[_UPLOAD_PATH] = str(path)
+
+
+def upload_limit_mb() -> int:
+    """The upload widget's size cap: the smallest of the page's, the server's and the session quota."""
+    quota_mb = current_limits().upload_quota_session_bytes // 2**20
+    return max(1, min(UPLOAD_MB, int(st.get_option("server.maxUploadSize")), quota_mb))
 
 
 def _upload_box() -> DataSource | None:
-    limit = min(UPLOAD_MB, int(st.get_option("server.maxUploadSize")))
+    limit = upload_limit_mb()
     st.file_uploader(
-        f"The official {CIFAR10_ARCHIVE}, or a .tar.gz of an image folder (train/<class>/, test/<class>/)",
+        f"The official {CIFAR10_ARCHIVE}, the JPEG cifar10_jpeg.tar.gz, or a .tar.gz of an image folder "
+        "(train/<class>/*.jpg, test/<class>/*.jpg)",
         type=["gz", "tgz", "tar"],
         key="train_upload",
         on_change=_on_upload,
@@ -151,8 +186,11 @@ def _upload_box() -> DataSource | None:
     )
     if limit < CIFAR10_DOWNLOAD_MB:
         st.caption(
-            f"This server accepts uploads up to {limit} MB (server.maxUploadSize): the official archive is "
-            f"{CIFAR10_DOWNLOAD_MB} MB, so put it on the server and use the path option instead."
+            f"This server accepts uploads up to {limit} MB: the official archive is {CIFAR10_DOWNLOAD_MB} MB, so put "
+            "it on the server and use the path option instead (the 20 MB JPEG archive fits)."
         )
+    err = st.session_state.get(_UPLOAD_ERROR)
+    if err:
+        st.error(err)
     path = st.session_state.get(_UPLOAD_PATH)
     return DataSource("path", path) if path else None

@@ -13,8 +13,9 @@ from collections.abc import Callable
 import streamlit as st
 
 from ui.models import register_session_model
+from vit_core.errors import VitCoreError
 from vit_core.model import VisionTransformer
-from vit_core.runs import RunLimitError, TrainingRun
+from vit_core.runs import TrainingRun
 from vit_core.sources import DataSource
 from vit_core.train import TrainConfig
 
@@ -72,15 +73,15 @@ def current_run() -> TrainingRun | None:
 
 
 def start_run(cfg: TrainConfig, source: DataSource, name: str) -> None:
-    """Button callback: start a run for this session (one at a time), or leave a message why not."""
+    """Button callback: start (or queue) a run for this session (one at a time), or leave a message why not."""
     old = st.session_state.get(RUN_KEY)
-    if old is not None and old.alive:
+    if old is not None and (old.alive or old.view().active):
         st.session_state[ERROR_KEY] = "This session is already training a model: one run per session. Stop it first."
         return
     run = TrainingRun(cfg, source, owner_alive=owner_probe(), name=name)
     try:
         run.start()
-    except RunLimitError as e:
+    except VitCoreError as e:
         st.session_state[ERROR_KEY] = str(e)
         return
     st.session_state[RUN_KEY] = run
@@ -91,14 +92,14 @@ def start_run(cfg: TrainConfig, source: DataSource, name: str) -> None:
 def resume_run(run: TrainingRun) -> None:
     try:
         run.resume()
-    except (RunLimitError, RuntimeError) as e:
+    except (VitCoreError, RuntimeError) as e:
         st.session_state[ERROR_KEY] = str(e)
 
 
 def discard_run() -> None:
     """Forget the session's run (stopping it if it still trains): the page shows the form again."""
     run = st.session_state.pop(RUN_KEY, None)
-    if run is not None and run.alive:
+    if run is not None and (run.alive or run.view().active):
         run.stop()
     st.session_state.pop(USED_KEY, None)
 

@@ -12,13 +12,14 @@ import streamlit as st
 
 import vit_plots as vp
 from ui.page import chart
-from vit_core.runs import LOADING, STOPPING, TRAINING, RunView, TrainingRun
+from vit_core.runs import LOADING, QUEUED, STOPPING, TRAINING, RunView, TrainingRun
 from vit_core.snapshots import Snapshot
 from vit_plots.training import training_curves_figure
 
 from .formatting import fmt_duration, fmt_params
 
 POLL_S = 1.0  # seconds between two looks at a running run (progress, curves)
+MEASURING_STEPS = 5  # steps before the time left is shown (the first steps are slower than the rest)
 SNAPSHOT_POLL_S = 3.0  # ... and at its latest snapshot
 SNAPSHOT_NOTE = (
     "Every so often the training thread takes these pictures of the model. Left: how alike the learned position "
@@ -58,14 +59,41 @@ def live_view(run: TrainingRun) -> None:
     snapshot_fragment()
 
 
+def ordinal(n: int) -> str:
+    """'1st', '2nd', '3rd', '4th', ..., '11th', '22nd'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def time_left(v: RunView) -> str:
+    """' · about 4 min left', or that the speed is still being measured (the first steps say little)."""
+    if v.paused:
+        return ""
+    if v.step < MEASURING_STEPS or not v.images_per_s:
+        return " · measuring the speed, time left shown in a moment"
+    return f" · about {fmt_duration(v.eta_s)} left"
+
+
 def progress_block(run: TrainingRun, v: RunView) -> None:
     """Status, progress bar with ETA, throughput, and the pause / resume / stop buttons."""
-    if v.status == LOADING:
+    if v.status == QUEUED:
+        st.info(
+            f"You are {ordinal(max(1, v.queue_position))} in the queue: every training slot of this server is in use. "
+            "Your run starts by itself when one frees; keep this tab open.",
+            icon=":material/schedule:",
+        )
+    elif v.status == LOADING:
         if v.download is not None:
             done, total = v.download
             st.progress(
                 min(1.0, done / total) if total else 0.0,
                 text=f"Downloading: {done / 2**20:.0f} / {total / 2**20:.0f} MB",
+            )
+        elif v.loading is not None and v.loading[2]:
+            what, done, total = v.loading
+            st.progress(
+                min(1.0, done / total),
+                text=f"Reading the {what}: {done:,} of {total:,} (only the first time; later runs start in seconds)",
             )
         else:
             st.info(
@@ -74,7 +102,7 @@ def progress_block(run: TrainingRun, v: RunView) -> None:
                 icon=":material/hourglass_top:",
             )
     else:
-        eta = "" if v.paused else f" · about {fmt_duration(v.eta_s)} left"
+        eta = time_left(v)
         label = "Paused" if v.paused else ("Stopping" if v.status == STOPPING else "Training")
         if v.detail:
             label = v.detail[0].upper() + v.detail[1:]
@@ -102,7 +130,7 @@ def progress_block(run: TrainingRun, v: RunView) -> None:
                 icon=":material/pause:",
                 width="stretch",
             )
-        b[1].button("Stop", key="train_stop", on_click=run.stop, disabled=v.status not in (TRAINING, "paused", LOADING), icon=":material/stop:", help="Stops after the current step and saves a checkpoint you can resume from.", width="stretch")  # fmt: skip
+        b[1].button("Stop", key="train_stop", on_click=run.stop, disabled=v.status not in (TRAINING, "paused", LOADING, QUEUED), icon=":material/stop:", help="Stops after the current step and saves a checkpoint you can resume from.", width="stretch")  # fmt: skip
 
 
 def curves_figure(v: RunView):

@@ -13,7 +13,7 @@ from vit_plots.training import confusion_figure, per_class_figure
 
 from .formatting import fmt_duration
 from .lease import USED_KEY, discard_run, resume_run, show_error, use_model
-from .live import SNAPSHOT_NOTE, curves_figure, snapshot_panels
+from .live import POLL_S, SNAPSHOT_NOTE, curves_figure, snapshot_panels
 
 
 def results(run: TrainingRun, v: RunView) -> None:
@@ -23,6 +23,8 @@ def results(run: TrainingRun, v: RunView) -> None:
         st.button("Set up a new run", key="train_new", on_click=discard_run)
         return
     outcome(v)
+    if v.final_progress is not None:
+        final_progress(run)
     show_error()
     final_metrics(v)
     actions(run, v)
@@ -44,6 +46,23 @@ def outcome(v: RunView) -> None:
         st.warning(v.message or "Stopped.", icon=":material/stop_circle:")
     else:
         st.error(v.message, icon=":material/error:")
+
+
+def final_progress(run: TrainingRun) -> None:
+    """The final evaluation on the whole test set, which runs after a stop, with its own progress."""
+
+    @st.fragment(run_every=POLL_S)
+    def _final() -> None:
+        v = run.view()
+        if v.final_progress is None:
+            st.rerun()  # the accuracy, mistakes and checkpoint are there: redraw the page
+        done, total = v.final_progress
+        st.progress(
+            min(1.0, done / total) if total else 0.0,
+            text=f"Measuring the model on all {total:,} test images: {done:,} done",
+        )
+
+    _final()
 
 
 def final_metrics(v: RunView) -> None:

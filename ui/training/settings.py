@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from vit_core.costs import estimate_seconds, measure_seconds_per_image, model_size
-from vit_core.runs import APP_PRESETS, max_runs, preset_summary
+from vit_core.costs import Calibration, calibrate, estimate_seconds, model_size, seconds_per_image
+from vit_core.errors import VitCoreError
+from vit_core.limits import current_limits
+from vit_core.runs import APP_PRESETS, BENCHMARKS, check_run_config, max_runs, preset_summary, run_threads
 from vit_core.sources import DataInfo
 from vit_core.train import TrainConfig
 
@@ -18,7 +20,8 @@ from .formatting import fmt_duration, fmt_params
 from .lease import RUN_KEY, show_error, start_run
 
 _FORM = "_train_form"  # the settings, kept while other pages are shown (widget state is not)
-PRESET_LABELS = {"quick": "Quick", "bundled": "Bundled recipe", "long": "Longer (30 epochs)"}
+PRESET_LABELS = {"demo": "Demo", "quick": "Quick", "bundled": "Bundled recipe", "long": "Longer (30 epochs)"}
+EVAL_SIZE = 2000  # test images of each evaluation during training (TrainingRun's default)
 PATCH_SIZES = (2, 4, 8, 16)
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HEADS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -57,8 +60,8 @@ def _restore_form() -> None:
     for k, v in st.session_state.get(_FORM, {}).items():
         if k not in st.session_state:
             st.session_state[k] = v
-    if "train_preset" not in st.session_state:
-        st.session_state["train_preset"] = "quick"
+    if st.session_state.get("train_preset") not in APP_PRESETS:
+        st.session_state["train_preset"] = "demo"
         _apply_preset()
 
 
@@ -66,15 +69,34 @@ def _save_form() -> None:
     st.session_state[_FORM] = {k: st.session_state[k] for k in FORM_KEYS if k in st.session_state}
 
 
+def server_speed() -> Calibration:
+    """This server's training FLOP/s for one run's threads: measured once per process, then cached."""
+    return calibrate(run_threads())
+
+
+def preset_estimate(key: str, info: DataInfo | None, speed: Calibration) -> float:
+    """Estimated seconds of a preset run on `info`'s data (CIFAR-10's sizes without data) on this server now."""
+    train_size, test_size = (info.train_size, info.test_size) if info is not None else (50_000, 10_000)
+    cfg = APP_PRESETS[key]
+    _, total = cfg.steps(train_size)
+    cfg = cfg.replace(eval_every=max(1, total // 12, cfg.steps(train_size)[0] // 2))
+    spi = seconds_per_image(cfg, speed, len(info.class_names) if info is not None else 10)
+    return estimate_seconds(cfg, spi, train_size, min(EVAL_SIZE, test_size), test_size)
+
+
 def settings_form(info: DataInfo | None) -> TrainConfig | None:
     """The preset and the knobs; returns the configuration (None when it is not valid)."""
     img = info.image_size if info is not None else 32
+    speed = server_speed()
     st.selectbox(
         "Preset",
         list(APP_PRESETS),
-        format_func=lambda k: f"{PRESET_LABELS.get(k, k)}: {preset_summary(k)}",
+        format_func=lambda k: f"{PRESET_LABELS.get(k, k)}: {preset_summary(k, preset_estimate(k, info, speed))}",
         key="train_preset",
         on_change=_apply_preset,
+    )
+    st.caption(
+        f"Measured ({PRESET_LABELS.get(st.session_state['train_preset'])}): {BENCHMARKS[st.session_state['train_preset']]}."
     )
     st.markdown("**Model**")
     c = st.columns(5)
@@ -88,7 +110,17 @@ def settings_form(info: DataInfo | None) -> TrainConfig | None:
     c[4].selectbox("MLP ratio", MLP_RATIOS, key="train_mlp", help="Hidden width of each MLP, as a multiple of D.")
     st.markdown("**Schedule**")
     c = st.columns(4)
-    c[0].number_input("Epochs", 0.01, 500.0, step=1.0, key="train_epochs", help="Passes over the training images.")
+    max_epochs = float(current_limits().max_epochs)
+    if st.session_state.get("train_epochs", 0) > max_epochs:
+        st.session_state["train_epochs"] = max_epochs
+    c[0].number_input(
+        "Epochs",
+        0.01,
+        max_epochs,
+        step=1.0,
+        key="train_epochs",
+        help=f"Passes over the training images (this server allows up to {max_epochs:g} per run).",
+    )
     c[1].selectbox("Batch size", BATCH_SIZES, key="train_batch")
     c[2].select_slider("Peak learning rate", LRS, key="train_lr", format_func=lambda v: f"{v:.1e}")
     c[3].number_input(
@@ -119,24 +151,22 @@ def settings_form(info: DataInfo | None) -> TrainConfig | None:
         steps_per_epoch, total = cfg.steps(info.train_size)
         # About a dozen points on the test curve, but not more often than every half epoch.
         cfg = cfg.replace(eval_every=max(1, total // 12, steps_per_epoch // 2))
+    try:
+        check_run_config(cfg, len(info.class_names) if info is not None else 10)
+    except VitCoreError as e:
+        st.error(str(e))
+        return None
     return cfg
 
 
-@st.cache_data(ttl=600, max_entries=32, show_spinner="Timing a few training steps of this model...")
-def _seconds_per_image(shape: tuple, num_classes: int) -> float:
-    patch, width, depth, heads, mlp, img = shape
-    cfg = TrainConfig(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp)
-    return measure_seconds_per_image(cfg, num_classes)
-
-
 def summary(cfg: TrainConfig, info: DataInfo) -> None:
-    """Parameter count, tokens per image, steps and the time estimate, before anything starts."""
+    """Parameter count, tokens per image, steps and the time estimate, before anything starts (arithmetic only)."""
     k = len(info.class_names)
     params, tokens = model_size(cfg, k)
     steps_per_epoch, total = cfg.steps(info.train_size)
-    shape = (cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.img_size)
-    spi = _seconds_per_image(shape, k)
-    eval_size = min(2000, info.test_size)
+    speed = server_speed()
+    spi = seconds_per_image(cfg, speed, k)
+    eval_size = min(EVAL_SIZE, info.test_size)
     est = estimate_seconds(cfg, spi, info.train_size, eval_size, info.test_size)
     c = st.columns(4)
     c[0].metric("Parameters", fmt_params(params))
@@ -144,10 +174,11 @@ def summary(cfg: TrainConfig, info: DataInfo) -> None:
     c[2].metric("Optimiser steps", f"{total:,}", help=f"{steps_per_epoch:,} per epoch of {info.train_size:,} images")
     c[3].metric("Estimated time", fmt_duration(est))
     st.caption(
-        f"The estimate comes from timing two training steps of this model on this server just now "
-        f"({spi * 1e3:.2f} ms per image at batch 32), times {total * cfg.batch_size:,} training images, plus the "
-        f"evaluations (a forward pass counted as a third of a training step). Other work on the server, "
-        f"including other people's runs, makes it longer."
+        f"The estimate counts the model's floating-point operations ({spi * speed.flops_per_s / 1e6:,.0f} MFLOP per "
+        f"training image) and divides by this server's speed, measured once when the page was first opened "
+        f"({speed.flops_per_s / 1e9:.1f} GFLOP/s on {speed.threads} thread{'s' if speed.threads != 1 else ''}), "
+        f"times {total * cfg.batch_size:,} training images, plus the evaluations. Other work on the server, "
+        "including other people's runs, makes it longer."
     )
 
 
@@ -162,7 +193,7 @@ def new_run_form() -> None:
         summary(cfg, info)
     st.subheader("3. Train")
     run = st.session_state.get(RUN_KEY)
-    busy = run is not None and run.alive
+    busy = run is not None and run.view().active
     ready = cfg is not None and source is not None and not busy
     name = f"ViT P{cfg.patch_size} D{cfg.embed_dim} L{cfg.depth}" if cfg is not None else ""
     st.button(
@@ -175,7 +206,10 @@ def new_run_form() -> None:
         icon=":material/play_arrow:",
     )
     show_error()
+    lim = current_limits()
+    caps = f" Each run may train for up to {fmt_duration(lim.max_run_seconds)}." if lim.max_run_seconds else ""
     st.caption(
         f"Training runs in the background on this server, one run per browser session and at most {max_runs()} at "
-        "once on the server. You can keep exploring the other pages meanwhile; closing the tab stops the run."
+        "once on the server; when all are busy, your run waits in a queue and starts by itself." + caps + " You can "
+        "keep exploring the other pages meanwhile; closing the tab stops the run."
     )
