@@ -23,9 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vit_core.batches import normalize_batch  # noqa: E402
+from vit_core.checkpoints import load_checkpoint  # noqa: E402
 from vit_core.experiments import (  # noqa: E402
+    ABLATION_SIZE,
     MEASURE_IMAGES,
     RESULTS_DIR,
+    TEST_IMAGES,
     baseline_key,
     machine_info,
     model_measures,
@@ -33,6 +36,7 @@ from vit_core.experiments import (  # noqa: E402
     sweep_plan,
     write_result,
 )
+from vit_core.export import _extra_metadata, save_float16  # noqa: E402
 from vit_core.sources import load_split  # noqa: E402
 from vit_core.subsets import balanced_subset  # noqa: E402
 from vit_core.train import StepMetrics, Trainer  # noqa: E402
@@ -58,18 +62,32 @@ def main(argv: list[str] | None = None) -> int:
     todo = [r for r in plan if not result_path(r.key, args.results).is_file()]
     if not todo:
         print("every run is finished")
+        export_cnn(Path(args.runs), Path(args.results))
         return 0
     t0 = time.perf_counter()
     train = load_split(args.data, "train")
     test = load_split(args.data, "test")
     probe_idx = balanced_subset(test.labels, MEASURE_IMAGES, seed=0, num_classes=test.num_classes)
+    probe = (test.images[probe_idx], test.labels[probe_idx])  # the measures' images, from the whole test set
+    test = test.subset(balanced_subset(test.labels, min(TEST_IMAGES, len(test)), seed=0, num_classes=test.num_classes))
     print(f"data loaded in {time.perf_counter() - t0:.0f}s; {len(todo)} of {len(plan)} runs to do", flush=True)
     for r in todo:
-        run_one(r, train, test, probe_idx, Path(args.runs), args.results, args.save_every, " ".join(sys.argv))
+        run_one(r, train, test, probe, Path(args.runs), args.results, args.save_every, " ".join(sys.argv))
+    export_cnn(Path(args.runs), Path(args.results))
     return 0
 
 
-def run_one(r, train, test, probe_idx, runs: Path, results: str, save_every: int, command: str) -> None:
+def export_cnn(runs: Path, results: Path) -> None:
+    """Ship the 10,000-image demo ResNet's weights (float16, ~0.3 MB) for the page's filters and
+    receptive field, once its run has finished."""
+    src = runs / f"resnet_n{ABLATION_SIZE}" / "model.safetensors"
+    dest = results / f"resnet_demo_n{ABLATION_SIZE}.safetensors"
+    if src.is_file() and not dest.is_file():
+        save_float16(load_checkpoint(src), dest, _extra_metadata(src))
+        print(f"wrote {dest}", flush=True)
+
+
+def run_one(r, train, test, probe, runs: Path, results: str, save_every: int, command: str) -> None:
     out = runs / r.key
     started = time.time()
     machine_start = machine_info()
@@ -91,9 +109,9 @@ def run_one(r, train, test, probe_idx, runs: Path, results: str, save_every: int
         print(f"{r.key}: {res.status}: {res.message}", flush=True)
         return
     model = trainer.model.eval()
-    x = normalize_batch(test.images[probe_idx], r.config.mean, r.config.std)
+    x = normalize_batch(probe[0], r.config.mean, r.config.std)
     t_measure = time.perf_counter()
-    measures = model_measures(model, x, test.labels[probe_idx])
+    measures = model_measures(model, x, probe[1])
     groups = [r.group] + (["ablation"] if r.key == baseline_key() else [])
     doc = {
         "key": r.key,

@@ -32,11 +32,12 @@ from .train import PRESETS, TrainConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "experiments"
 RESULT_FORMAT = "vit-explorer-experiment/1"
-SWEEP_STEPS = 300  # optimiser steps of every run (a short schedule: a 2-core CPU, a few minutes a run)
-WARMUP_STEPS = 30  # linear warmup, then cosine to min_lr at SWEEP_STEPS
+SWEEP_STEPS = 150  # optimiser steps of every run (a short schedule: a busy 2-core CPU, minutes a run)
+WARMUP_STEPS = 15  # linear warmup, then cosine to min_lr at SWEEP_STEPS
 DATA_SIZES = (1000, 5000, 10000)  # training images of the "data_size" runs (50,000 was not run)
 ABLATION_SIZE = 10000  # training images of the "ablation" runs
 MEASURE_IMAGES = 256  # balanced test images the measures are averaged over
+TEST_IMAGES = 5000  # balanced test images the accuracy is measured on (seed 0; half the test set, for time)
 RECIPE = PRESETS["demo"].replace(seed=0, device="cpu", name="ViT-CIFAR10 (demo)")
 
 
@@ -77,7 +78,7 @@ ABLATIONS: tuple[Variant, ...] = (
 )
 NOT_RUN = (
     "patch size 2 (256 tokens: about 16 times the attention cost of patch 4, too slow for a shared 2-core CPU)",
-    "50,000 training images (the full set; at this step budget a run sees 19,200 images, fewer than one epoch)",
+    "50,000 training images (the full set; at this step budget a run sees 9,600 images, a fifth of one epoch)",
 )
 
 
@@ -248,16 +249,164 @@ __all__ = [
     "RECIPE",
     "RESULTS_DIR",
     "SWEEP_STEPS",
+    "TEST_IMAGES",
     "PlannedRun",
     "Variant",
     "ablation_rows",
     "baseline_key",
     "data_size_table",
+    "findings",
     "load_results",
     "machine_info",
     "model_measures",
     "result_path",
     "sweep_config",
     "sweep_plan",
+    "uniform_attention_distance",
     "write_result",
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# What the runs measured, in words (the page shows these; computed, never written by hand)
+
+
+def uniform_attention_distance(grid: tuple[int, int], patch_size: int) -> float:
+    """Mean attention distance (pixels) of a head that attends to every patch equally: the mean
+    Euclidean distance between two grid cells (a query and a key, the key may equal the query)
+    times the patch size. The "looks everywhere" reference for the measured distances."""
+    gh, gw = int(grid[0]), int(grid[1])
+    ii, jj = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    cells = torch.stack([ii.reshape(-1), jj.reshape(-1)], dim=-1).double()
+    return float(torch.cdist(cells, cells).mean() * patch_size)
+
+
+def _pts(a: float, b: float) -> str:
+    d = 100 * (a - b)
+    return f"{abs(d):.1f} points {'higher' if d > 0 else 'lower'}" if abs(d) >= 0.05 else "the same"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def findings(results: dict[str, dict[str, Any]], noise_points: float = 1.0) -> dict[str, str]:
+    """One plain sentence (or two) per experiment with finished runs, from the numbers alone.
+
+    Args:
+        results: `load_results()`.
+        noise_points: accuracy differences (in points) at or below this are called "within
+            the noise of a single seed" rather than a win.
+
+    Returns:
+        experiment name -> sentence(s); an experiment without its runs is left out.
+    """
+    out: dict[str, str] = {}
+    table = data_size_table(results)
+    vit, cnn = dict(table["vit"]), dict(table["resnet"])
+    both = sorted(set(vit) & set(cnn))
+    if both:
+        parts = [f"{n:,} images: ResNet {_pct(cnn[n])}, ViT {_pct(vit[n])}" for n in both]
+        gaps = [100 * (cnn[n] - vit[n]) for n in both]
+        ahead = [g > noise_points for g in gaps]
+        text = "; ".join(parts) + ". "
+        if all(ahead):
+            text += (
+                "The ResNet is ahead at every size, as the tutorials say (locality is a useful prior on little data)"
+            )
+        elif not any(g > noise_points for g in gaps):
+            text += "The ResNet is not ahead at any size here, against the tutorials' claim"
+        else:
+            text += "The ResNet is ahead at some sizes only"
+        if len(both) > 1:
+            trend = "narrows" if abs(gaps[-1]) < abs(gaps[0]) else "does not narrow"
+            text += f"; the gap {trend} from {gaps[0]:+.1f} to {gaps[-1]:+.1f} points as the data grows"
+            text += " (the claim expects it to narrow)"
+        out["data_size"] = text + "."
+    base = results.get(baseline_key())
+    cnn_base = results.get(f"resnet_n{ABLATION_SIZE}")
+    if base is not None:
+        mad = base["measures"].get("mean_attention_distance", [])
+        cfg = base["train_config"]
+        grid = (cfg["img_size"] // cfg["patch_size"],) * 2
+        uniform = uniform_attention_distance(grid, cfg["patch_size"])
+        if mad:
+            text = (
+                f"The ViT's first block attends {mad[0]:.1f} px away on average (a head that looked everywhere "
+                f"equally would score {uniform:.1f} px), its last block {mad[-1]:.1f} px."
+            )
+            if cnn_base is not None:
+                erf = cnn_base["measures"].get("receptive_field_distance", [])
+                if erf:
+                    text += (
+                        f" The ResNet's stem reaches {erf[0]:.1f} px and its last block {erf[-1]:.1f} px "
+                        "(effective receptive field)."
+                    )
+            if mad[0] >= 0.75 * uniform:
+                text += " So the ViT does look across the whole image from its first layer, as the tutorials say."
+            else:
+                text += (
+                    " So the first layer could look everywhere but, on average over its heads, looks more locally "
+                    "than that: the tutorials' 'global from the first layer' holds for what attention can do, "
+                    "less for what this trained model does."
+                )
+            out["distance"] = text
+    rows = {r["key"]: r for r in ablation_rows(results)}
+    b = rows.get("baseline")
+    if b is None:
+        return out
+
+    def vs(key: str, what: str) -> str | None:
+        r = rows.get(key)
+        if r is None:
+            return None
+        d = 100 * (r["test_acc"] - b["test_acc"])
+        verdict = "within the noise of one seed" if abs(d) <= noise_points else ("better" if d > 0 else "worse")
+        return f"{what}: {_pct(r['test_acc'])}, {_pts(r['test_acc'], b['test_acc'])} than the baseline's {_pct(b['test_acc'])} ({verdict})."
+
+    s = vs("pos_none", "Without position embeddings")
+    if s:
+        score = b.get("position_structure_score")
+        s += (
+            f" The baseline's learned positions have a structure score of {score:.3f} (0 = no 2-D structure)."
+            if score is not None
+            else ""
+        )
+        d = rows["pos_none"]["test_acc"] - b["test_acc"]
+        s += (
+            " Positions help, as the tutorials say."
+            if d < -noise_points / 100
+            else " On this short run positions barely matter, against the tutorials' emphasis: a model without "
+            "them sees a bag of patches and still classifies most of what the baseline does."
+        )
+        out["pos_none"] = s
+    for key, what in (
+        ("pos_sincos", "With fixed sine-cosine positions"),
+        ("pool_avg", "With average pooling instead of [CLS]"),
+        ("patch8", "With 8-pixel patches (16 tokens)"),
+        ("reg4", "With 4 register tokens"),
+        ("depth6", "With depth 6"),
+        ("width96", "With width 96"),
+    ):
+        s = vs(key, what)
+        if s:
+            if key == "pool_avg":
+                d = rows[key]["test_acc"] - b["test_acc"]
+                s += (
+                    " The [CLS] token is not needed to collect the answer: averaging the patches does as well or "
+                    "better here."
+                    if d >= -noise_points / 100
+                    else " Here the [CLS] token does collect the answer better than an average."
+                )
+            out[key] = s
+    lens = b.get("logit_lens_accuracy") or []
+    if lens:
+        final = lens[-1]
+        first = next((i for i, a in enumerate(lens) if a >= 0.9 * final), len(lens) - 1)
+        where = "after the embedding" if first == 0 else f"after block {first}"
+        out["logit_lens"] = (
+            f"Reading the baseline's [CLS] token through the head, accuracy reaches 90% of its final "
+            f"{_pct(final)} {where} (of {len(lens) - 1} blocks): the answer forms in the "
+            f"{'last' if first >= len(lens) - 2 else 'middle'} blocks."
+        )
+    return out
