@@ -4,7 +4,7 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.navigation import STEPS
+from ui.navigation import WHERE_NEXT
 from ui.page import chart, header, needs_head, prediction_line
 from ui.session import current
 
@@ -102,5 +102,5 @@ st.caption(
 )
 
 st.subheader("Where to next")
-for i, (col, step) in enumerate(zip(st.columns(len(STEPS)), STEPS), start=1):
-    col.page_link(step.path, label=f"{i} · {step.step}", icon=step.icon)
+for i, (col, step) in enumerate(zip(st.columns(len(WHERE_NEXT)), WHERE_NEXT), start=1):
+    col.page_link(step.path, label=f"{i} · {step.step}" if step.step else step.title, icon=step.icon)

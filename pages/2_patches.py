@@ -4,8 +4,9 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.page import chart, clickable_chart, header, keep_in, prediction_line
+from ui.page import chart, clickable_chart, header, prediction_line
 from ui.session import current
+from ui.state import kept
 
 cur = current()
 (gh, gw), P, C = cur.grid, cur.patch_size, cur.cfg.in_chans
@@ -32,8 +33,7 @@ st.latex(
     + str(n)
 )
 
-keep_in("patch_pick", range(n), 0)
-st.session_state.setdefault("patch_pick", 0)
+kept("patch_pick", 0, range(n), url="patch", describe=lambda v: f"patch {v}")
 
 
 def _pick(p: int) -> None:
@@ -84,8 +84,7 @@ chart(vp.patch_matrix_figure(matrix, C, P), key="patch_matrix")
 
 st.subheader("What if the patches were larger or smaller?")
 sizes = [p for p in range(1, min(H, W) + 1) if H % p == 0 and W % p == 0 and (H // p) * (W // p) <= 4096]
-keep_in("patch_size_whatif", sizes, P)
-st.session_state.setdefault("patch_size_whatif", P if P in sizes else sizes[-1])
+kept("patch_size_whatif", P if P in sizes else sizes[-1], sizes)
 try_p = st.select_slider("Patch size P", options=sizes, key="patch_size_whatif")
 what = vp.patch_size_whatif((H, W), sizes, cur.num_prefix)
 i = sizes.index(try_p)

@@ -7,6 +7,7 @@ import vit_plots as vp
 from ui import compute
 from ui.page import chart, header, prediction_line
 from ui.session import current
+from ui.state import kept
 
 cur = current()
 (gh, gw), P, C, D = cur.grid, cur.patch_size, cur.cfg.in_chans, cur.cfg.embed_dim
@@ -44,9 +45,11 @@ with c2:
 
 st.subheader("What the projection looks for: its filters")
 f = compute.filters(cur)
+VIEWS = ["principal components (paper, Figure 7 left)", "raw filters"]
+kept("filters_view", VIEWS[0], VIEWS)
 view = st.radio(
     "Show",
-    ["principal components (paper, Figure 7 left)", "raw filters"],
+    VIEWS,
     horizontal=True,
     key="filters_view",
 )

@@ -5,8 +5,9 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.page import chart, clickable_chart, header, keep_in, needs_head, prediction_line
+from ui.page import chart, clickable_chart, header, needs_head, prediction_line
 from ui.session import current
+from ui.state import kept
 
 cur = current()
 (gh, gw), n, D = cur.grid, cur.num_patches, cur.cfg.embed_dim
@@ -41,8 +42,7 @@ if cur.loaded.untrained:
     st.caption(
         "This model is untrained: its position embeddings are random, so the tiles show noise around a bright diagonal."
     )
-keep_in("pos_patch", range(n), 0)
-st.session_state.setdefault("pos_patch", (gh // 2) * gw + gw // 2)
+kept("pos_patch", (gh // 2) * gw + gw // 2, range(n), url="patch", describe=lambda v: f"patch {v}")
 
 
 def _pick(p: int) -> None:
@@ -75,7 +75,8 @@ st.markdown(
     "give the same output (it was not trained this way, so the prediction itself may be off)."
 )
 c1, c2 = st.columns([1, 4])
-seed = c1.number_input("Shuffle seed", 0, 10_000, 0, key="shuffle_seed")
+kept("shuffle_seed", 0, range(10_001))
+seed = c1.number_input("Shuffle seed", 0, 10_000, key="shuffle_seed")
 res = compute.shuffled(cur, int(seed))
 with c2:
     i1, i2 = st.columns(2)

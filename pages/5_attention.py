@@ -5,8 +5,9 @@ import streamlit as st
 
 import vit_plots as vp
 from ui import compute
-from ui.page import chart, clickable_chart, header, keep_in, needs_head, prediction_line
+from ui.page import chart, clickable_chart, header, needs_head, prediction_line
 from ui.session import current
+from ui.state import kept
 
 cur = current()
 (gh, gw), P, k = cur.grid, cur.patch_size, cur.num_prefix
@@ -27,13 +28,21 @@ st.latex(
     + r"} \text{ per head}"
 )
 
-keep_in("attn_layer", range(1, L + 1), L)
-keep_in("attn_head", ["mean", *range(h)], "mean")
-keep_in("attn_query", range(N), 0)
-keep_in("roll_start", range(1, L + 1), 1)
-st.session_state.setdefault("attn_layer", L)
-st.session_state.setdefault("attn_head", "mean")
-st.session_state.setdefault("attn_query", 0)
+# kept for the session (leaving the page and coming back), and in the address: layer, head, query
+kept("attn_layer", L, range(1, L + 1), url="layer", describe=lambda v: f"layer {v}")
+kept(
+    "attn_head",
+    "mean",
+    ["mean", *range(h)],
+    url="head",
+    describe=lambda v: "the mean of all heads" if v == "mean" else f"head {v}",
+)
+kept("attn_query", 0, range(N), url="query", describe=lambda v: f"query {labels[v]}")
+kept("roll_fusion", "mean", ["mean", "max", "min"])
+kept("roll_discard", 0.0)
+kept("roll_start", 1, range(1, L + 1))
+kept("dino_mass", 0.6)
+kept("mad_samples", False)
 
 
 def _query_patch(p: int) -> None:
@@ -149,12 +158,11 @@ with c1:
         "Discard ratio",
         0.0,
         0.95,
-        0.0,
-        0.05,
+        step=0.05,
         key="roll_discard",
         help="Share of the weakest patch weights set to 0 in each row, per layer.",
     )
-    start = st.slider("Start layer", 1, L, 1, key="roll_start")
+    start = st.slider("Start layer", 1, L, key="roll_start")
 with c2:
     roll = compute.rollout(cur, fusion, float(discard), int(start) - 1)
     chart(
@@ -176,7 +184,7 @@ st.latex(
 if needs_head(cur, "A class-specific map"):
     classes = list(range(len(cur.class_names)))
     order = list(vp.top_k(cur.prep.probs, len(classes)))
-    keep_in("chefer_class", classes, order[0])
+    kept("chefer_class", order[0], classes)
     c1, c2 = st.columns([1, 2])
     target = c1.selectbox(
         "Class",
@@ -202,7 +210,7 @@ st.markdown(
     "models different heads pick out different objects or parts."
 )
 c1, c2 = st.columns([1, 2])
-mass = c1.slider("Keep this share of each head's attention", 0.1, 1.0, 0.6, 0.05, key="dino_mass")
+mass = c1.slider("Keep this share of each head's attention", 0.1, 1.0, step=0.05, key="dino_mass")
 with c2:
     chart(vp.heads_figure(compute.last_heads(cur, float(mass))), key="dino_heads")
 

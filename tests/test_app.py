@@ -211,8 +211,8 @@ def test_bad_upload_keeps_the_previous_image():
     at = start()
     at.file_uploader(key="image_upload").upload("broken.png", b"\x89PNG\r\n\x1a\nnot really", "image/png").run()
     ok(at)
-    errors = [e.value for e in at.sidebar.error]
-    assert errors and "broken.png" in errors[0] and "previous image" in errors[0]
+    errors = [e.value for e in at.main.error]  # at the top of the page, where the user is looking
+    assert errors and "broken.png" in errors[0] and "Still showing: CIFAR-10: cat" in errors[0]
     assert "image: CIFAR-10: cat" in prediction_text(at)
     assert len(at.get("plotly_chart")) == PAGES[0][2]
 
@@ -292,7 +292,7 @@ def test_occlusion_changes_the_prediction_inputs():
     assert any(c.value.startswith("3 of") for c in at.caption)
     at.radio(key="occ_mode").set_value("drop").run()
     ok(at)
-    at.button(key="occ_rollout").click().run()
+    at.button(key="occ_top").click().run()
     ok(at)
     assert at.session_state["occluded"] and not any(c.value.startswith("3 of") for c in at.caption)
     at.button(key="occ_clear").click().run()

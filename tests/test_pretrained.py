@@ -165,8 +165,8 @@ def test_models_dir_and_manual_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     m = get_pretrained("deit-tiny")
     assert pretrained_mod.manual_path("DeiT-tiny/16 (ImageNet-1k)") == tmp_path / "mine" / m.timm_name / m.filename
     monkeypatch.delenv(pretrained_mod.MODELS_DIR_ENV)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert pretrained_mod.models_dir() == tmp_path / "home" / ".cache" / "vit_explorer" / "models"
+    monkeypatch.setenv("VIT_EXPLORER_DATA", str(tmp_path / "cache"))  # one cache root for data and models
+    assert pretrained_mod.models_dir() == tmp_path / "cache" / "models"
 
 
 def test_local_path_finds_the_file_by_hand_first_then_the_hub_cache(

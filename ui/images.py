@@ -1,13 +1,17 @@
 """Which image the app shows: bundled samples, an upload, or a camera photo (sidebar picker).
 
-The most recent choice wins. Clearing an upload (or the camera photo) goes back to the
-previous choice. A file that is not a usable image leaves the current image in place and
-shows a short message.
+The most recent choice wins, and the sidebar says which one is live ("Now showing: ...").
+Choosing a sample goes back to the samples: it empties the uploader and turns the camera
+off, so no widget keeps showing a file that is no longer in use; while an upload or a photo
+is live the sample menu shows no sample, so any sample (the cat too) is a change. Clearing
+an upload (or the camera photo) goes back to the previous choice. A file that is not a
+usable image is refused with a message naming the file and the image still shown.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import streamlit as st
 from PIL import Image
 
 from vit_core import ImageError, load_image
+from vit_core.limits import current_limits, fmt_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT / "assets" / "samples"
@@ -25,8 +30,9 @@ MAX_IMAGE_MB = 20  # per image (the server-wide cap in .streamlit/config.toml is
 # session_state keys
 _STACK = "image_stack"  # source -> ImageChoice, most recent last
 _ERROR = "image_error"
+_UPLOADS = "image_upload_round"  # bumped to empty the uploader: its widget key changes
 SAMPLE_KEY = "sample_image"
-UPLOAD_KEY = "image_upload"
+UPLOAD_KEY = "image_upload"  # the uploader's key until it is first emptied (then image_upload_1, ...)
 CAMERA_ON_KEY = "camera_on"
 CAMERA_KEY = "camera_photo"
 
@@ -72,6 +78,11 @@ def sample_images() -> dict[str, Path]:
     return out
 
 
+def sample_slug(label: str) -> str:
+    """A sample's name in a link: "CIFAR-10: cat" -> "cifar-10-cat"."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 def _push(choice: ImageChoice) -> None:
     stack: dict = st.session_state.setdefault(_STACK, {})
     stack.pop(choice.source, None)
@@ -82,32 +93,80 @@ def _drop(source: str) -> None:
     st.session_state.setdefault(_STACK, {}).pop(source, None)
 
 
-def _accept(name: str, data: bytes, source: str) -> None:
-    """Use an uploaded or photographed file if it is an image we can read."""
+def upload_key() -> str:
+    """The uploader's widget key now (a new key is an empty uploader)."""
+    n = st.session_state.get(_UPLOADS, 0)
+    return UPLOAD_KEY if n == 0 else f"{UPLOAD_KEY}_{n}"
+
+
+def _empty_uploader() -> None:
+    st.session_state[_UPLOADS] = st.session_state.get(_UPLOADS, 0) + 1
+
+
+def _plain_reason(e: ImageError) -> str:
+    """The library's reason in a user's words (no library names)."""
+    text = str(e)
+    if "Pillow" in text or "damaged" in text:
+        return "it is not a picture this app can open (png, jpg, webp, bmp, gif or tiff), or it is damaged."
+    return text[0].lower() + text[1:] if text else "it could not be read."
+
+
+def _accept(filename: str, name: str, data: bytes, source: str) -> None:
+    """Use an uploaded or photographed file if it is an image we can read; else say why, by its name."""
+    limit = current_limits().max_image_bytes  # the widget's limit is the browser's; this one holds on the server
+    if len(data) > limit:
+        if source == "upload":
+            _empty_uploader()
+        st.session_state[_ERROR] = (
+            filename,
+            f"it is {fmt_bytes(len(data))}; this server takes images up to {fmt_bytes(limit)}.",
+        )
+        return
     choice = image_choice(name, data, source)
     try:
         choice.decoded()
     except ImageError as e:
-        st.session_state[_ERROR] = (
-            f"{name}: {e} Try another file (png, jpg, webp, bmp, gif or tiff); the previous image is still shown."
-        )
+        if source == "upload":
+            _empty_uploader()  # the uploader must not keep showing a file that is not in use
+        st.session_state[_ERROR] = (filename, _plain_reason(e))
         return
     _push(choice)
 
 
+def choose_sample(label: str) -> bool:
+    """Show the sample `label` (dropping any upload or camera photo); False if there is no such sample."""
+    path = sample_images().get(label)
+    if path is None:
+        return False
+    _push(image_choice(label, path.read_bytes(), "sample"))
+    for source in ("upload", "camera"):
+        _drop(source)
+    if st.session_state.get(upload_key()) is not None:
+        _empty_uploader()
+    st.session_state[CAMERA_ON_KEY] = False
+    return True
+
+
+def choose_sample_by_slug(slug: str) -> bool:
+    """`choose_sample` for a sample named in a link (`sample_slug`)."""
+    for label in sample_images():
+        if sample_slug(label) == slug:
+            return choose_sample(label)
+    return False
+
+
 def _on_sample() -> None:
     label = st.session_state.get(SAMPLE_KEY)
-    path = sample_images().get(label)
-    if path is not None:
-        _push(image_choice(label, path.read_bytes(), "sample"))
+    if label is not None:
+        choose_sample(label)
 
 
-def _on_upload() -> None:
-    up = st.session_state.get(UPLOAD_KEY)
+def _on_upload(key: str) -> None:
+    up = st.session_state.get(key)
     if up is None:
         _drop("upload")
     else:
-        _accept(f"upload: {up.name}", up.getvalue(), "upload")
+        _accept(up.name, f"upload: {up.name}", up.getvalue(), "upload")
 
 
 def _on_camera() -> None:
@@ -115,7 +174,7 @@ def _on_camera() -> None:
     if photo is None:
         _drop("camera")
     else:
-        _accept("camera photo", photo.getvalue(), "camera")
+        _accept("The camera photo", "camera photo", photo.getvalue(), "camera")
 
 
 def _on_camera_toggle() -> None:
@@ -135,18 +194,42 @@ def current_image() -> ImageChoice:
 
 
 def image_picker() -> ImageChoice:
-    """Draw the image picker in the sidebar; return the current image."""
+    """Draw the image picker in the sidebar; return the current image.
+
+    A refused file's message is drawn by `refused_upload_message` (where the user is looking).
+    """
     samples = sample_images()
     sb = st.sidebar
-    if st.session_state.get(SAMPLE_KEY) not in samples:
-        st.session_state[SAMPLE_KEY] = DEFAULT_SAMPLE if DEFAULT_SAMPLE in samples else next(iter(samples))
-    sb.selectbox("Sample image", list(samples), key=SAMPLE_KEY, on_change=_on_sample)
+    image = current_image()
+    sb.markdown(f"Now showing: **{image.name}**")
+    # the menu shows the live sample, or none while an upload or photo is live
+    st.session_state[SAMPLE_KEY] = image.name if image.source == "sample" and image.name in samples else None
+    sb.selectbox(
+        "Sample image",
+        list(samples),
+        key=SAMPLE_KEY,
+        on_change=_on_sample,
+        index=None,
+        placeholder="Choose a sample to go back to the samples",
+    )
+    key = upload_key()
     sb.file_uploader(
-        "…or upload an image", type=UPLOAD_TYPES, key=UPLOAD_KEY, on_change=_on_upload, max_upload_size=MAX_IMAGE_MB
+        "…or upload an image",
+        type=UPLOAD_TYPES,
+        key=key,
+        on_change=_on_upload,
+        args=(key,),
+        max_upload_size=max(1, current_limits().max_image_bytes // 2**20),
     )
     if sb.toggle("…or take a photo", key=CAMERA_ON_KEY, on_change=_on_camera_toggle):
         sb.camera_input("Camera", key=CAMERA_KEY, on_change=_on_camera)
-    error = st.session_state.pop(_ERROR, None)
-    if error:
-        sb.error(error)
     return current_image()
+
+
+def refused_upload_message() -> str | None:
+    """The message about a file just refused (once), naming it and the image still shown."""
+    refused = st.session_state.pop(_ERROR, None)
+    if not refused:
+        return None
+    filename, reason = refused
+    return f"{filename} was not used: {reason} Still showing: {current_image().name}."

@@ -24,3 +24,5 @@ PAGES = [
     PageEntry("pages/9_compare.py", "Side by side", ":material/compare:"),
 ]
 STEPS = [p for p in PAGES if p.step]  # the five steps, in the order the model takes them
+# The Overview's "Where to next": the five steps, then training one's own model
+WHERE_NEXT = [*STEPS, *(p for p in PAGES if p.path == "pages/7_train.py")]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
+from .predictions import class_note
 from .selection import Current
 
 PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"]}
@@ -27,6 +28,9 @@ def prediction_line(cur: Current) -> None:
         st.warning(text + " — random weights, so the prediction means nothing yet.")
     else:
         st.info(text)
+    note = class_note(cur)  # a model with few classes: its list, and what that means for a photo
+    if note:
+        st.caption(note)
 
 
 def needs_head(cur: Current, what: str) -> bool:

@@ -7,10 +7,11 @@ import streamlit as st
 from vit_core.threads import use_inference_threads
 from vit_plots.images import sharp
 
-from . import compute
-from .images import image_picker
+from . import compute, models
+from .images import choose_sample_by_slug, image_picker, refused_upload_message, sample_slug
 from .models import model_picker
 from .selection import Current
+from .state import end_url_run, read_link, set_url, take_link_param
 
 _CURRENT = "_current"  # set by sidebar(): this run's Current, or why the model cannot run on the image
 
@@ -23,11 +24,23 @@ def sidebar() -> Current | None:
     Streamlit's AppTest, which re-runs only the page script of an `st.navigation` app after
     its first run) gets its sidebar drawn by `current()`. None if the model cannot run on the
     image (the sidebar says why).
+
+    Messages for the user (a link naming what is not here, a file that is not an image) go to
+    the top of the main area, above the page, where the user is looking.
     """
+    read_link()
+    notes = _apply_link()
     st.sidebar.header("Model")
     loaded = model_picker()
     st.sidebar.header("Image")
     image = image_picker()
+    refused = refused_upload_message()
+    if refused:
+        st.error(refused, icon=":material/image_not_supported:")
+    for note in notes:
+        st.warning(note, icon=":material/link_off:")
+    set_url("model", loaded.key)
+    set_url("image", sample_slug(image.name) if image.source == "sample" else image.source)
     use_inference_threads(loaded.model)  # this script run's thread: 1 for small models
     try:
         prep = compute.prepare(loaded, image)
@@ -46,9 +59,28 @@ def sidebar() -> Current | None:
     return cur
 
 
+def _apply_link() -> list[str]:
+    """Select the model and the sample a shared link names (first run only); what could not be, said plainly."""
+    notes = []
+    model = take_link_param("model")
+    if model:
+        why = models.select_from_link(model)
+        if why:
+            notes.append(f"This link asks for a model that is not available here ({why}). Showing the default model.")
+    image = take_link_param("image")
+    if image and not choose_sample_by_slug(image):
+        if image in ("upload", "camera"):
+            what = "an uploaded image" if image == "upload" else "a camera photo"
+            notes.append(f"This link was made with {what}, which links cannot carry. Showing a sample image instead.")
+        else:
+            notes.append(f"This link asks for a sample image “{image}” that is not here. Showing the default image.")
+    return notes
+
+
 def end_of_run() -> None:
-    """Forget this run's `Current` (see `sidebar`): the next run builds its own."""
+    """Forget this run's `Current` (see `sidebar`): the next run builds its own; tidy the address."""
     st.session_state.pop(_CURRENT, None)
+    end_url_run()
 
 
 def current() -> Current:

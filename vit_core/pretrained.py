@@ -1,14 +1,20 @@
 """Pretrained ImageNet ViTs by name: find, download and load the models of `vit_core.catalogue`.
 
 Nothing is downloaded unless `download_pretrained` (or `load_pretrained(..., download=True)`)
-is called. Weights go to the user's Hugging Face cache; a file can also be put by hand in
-`models_dir()/<timm name>/model.safetensors`, which is looked at first.
+is called. Models live under the same cache root as the datasets (`vit_core.fetch`):
+`models_dir()` is `<cache root>/models`. Downloads go there (in the Hugging Face cache
+layout); a file can also be put by hand in `models_dir()/<timm name>/model.safetensors`,
+which is looked at first, and a model already in the user's own Hugging Face cache is used too.
+
+Before a download, the Hub's host (or the proxy) is probed with a short timeout: without a
+network the answer comes in seconds, not after the Hub client's retries.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +25,7 @@ from urllib.parse import urlsplit
 from .catalogue import CATALOGUE, PretrainedModel, get_pretrained, list_pretrained
 from .checkpoints import load_checkpoint
 from .errors import CheckpointError
+from .fetch import default_cache_dir
 from .model import VisionTransformer
 
 __all__ = [  # the catalogue's names too: callers find everything pretrained here
@@ -39,6 +46,7 @@ __all__ = [  # the catalogue's names too: callers find everything pretrained her
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes done, bytes in all or None)
 MODELS_DIR_ENV = "VIT_EXPLORER_MODELS"
 STALL_TIMEOUT_S = 60.0  # a download with no progress for this long is given up
+PROBE_TIMEOUT_S = 3.0  # how long the connectivity check before a download waits for the host
 
 
 class PretrainedNotAvailableError(CheckpointError):
@@ -46,10 +54,13 @@ class PretrainedNotAvailableError(CheckpointError):
 
 
 def models_dir() -> Path:
-    """Where files put by hand are looked for: $VIT_EXPLORER_MODELS, else
-    ~/.cache/vit_explorer/models. A model's file goes in `<this>/<timm name>/model.safetensors`."""
+    """Where models live: $VIT_EXPLORER_MODELS, else `models/` under the datasets' cache root
+    (`vit_core.fetch.default_cache_dir()`: $VIT_EXPLORER_DATA, else ~/.cache/vit-explorer on Linux).
+
+    A file put by hand goes in `<this>/<timm name>/model.safetensors`; downloads land here too,
+    in the Hugging Face cache layout (`models--timm--<name>/...`)."""
     env = os.environ.get(MODELS_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vit_explorer" / "models"
+    return Path(env).expanduser() if env else default_cache_dir() / "models"
 
 
 def manual_path(name: str) -> Path:
@@ -60,17 +71,20 @@ def manual_path(name: str) -> Path:
 
 def local_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """The weight file of `name` if it is on this computer (by-hand folder first, then the
-    Hugging Face cache), else None. Never touches the network."""
+    download cache: `cache_dir`, else `models_dir()` and the user's own Hugging Face cache),
+    else None. Never touches the network."""
     m = get_pretrained(name)
     manual = manual_path(m.key)
     if manual.is_file():
         return manual
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(
-        m.repo_id, m.filename, cache_dir=None if cache_dir is None else str(cache_dir), revision=m.revision
-    )
-    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+    caches = [str(cache_dir)] if cache_dir is not None else [str(models_dir()), None]  # None: the user's HF cache
+    for cache in caches:
+        found = try_to_load_from_cache(m.repo_id, m.filename, cache_dir=cache, revision=m.revision)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
 
 
 def is_downloaded(name: str, cache_dir: str | os.PathLike | None = None) -> bool:
@@ -96,7 +110,7 @@ def download_pretrained(
 
     Args:
         name: a catalogue key, timm name or title (see `get_pretrained`).
-        cache_dir: a Hugging Face cache folder; None uses the user's default cache.
+        cache_dir: a Hugging Face cache folder; None uses `models_dir()`.
         progress: called as `progress(bytes_done, bytes_total_or_None)` while the weights
             arrive, always on the calling thread.
         endpoint: a Hub mirror such as "https://hf-mirror.example"; None uses $HF_ENDPOINT or
@@ -107,16 +121,21 @@ def download_pretrained(
         The path of the cached weight file.
 
     Raises:
-        PretrainedNotAvailableError: offline (HF_HUB_OFFLINE set, or no network), the Hub
-            refused, the transfer stalled or broke off, or the disk is full; the message says
-            where to put the file by hand.
+        PretrainedNotAvailableError: offline (HF_HUB_OFFLINE set, or the host does not answer
+            within `PROBE_TIMEOUT_S`), the Hub refused, the transfer stalled or broke off, or
+            the disk is full; the message says where to put the file by hand.
     """
     m = get_pretrained(name)
     from huggingface_hub import hf_hub_download
 
     offline = _offline()
+    if not offline:
+        base = endpoint or os.environ.get("HF_ENDPOINT") or m.url
+        unreachable = _probe(base, PROBE_TIMEOUT_S)
+        if unreachable:
+            raise _not_available(m, unreachable)
     kwargs: dict[str, Any] = {
-        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "cache_dir": str(cache_dir if cache_dir is not None else models_dir()),
         "revision": m.revision,
         "local_files_only": offline,
         "endpoint": endpoint,
@@ -185,7 +204,8 @@ def load_pretrained(
 
     Args:
         name: a catalogue key, timm name or title.
-        cache_dir: a Hugging Face cache folder; None uses the user's default cache.
+        cache_dir: a Hugging Face cache folder; None looks in `models_dir()` and the user's own
+            Hugging Face cache, and downloads into `models_dir()`.
         download: fetch it from the Hub when it is not here (otherwise raise).
         progress: download progress callback, see `download_pretrained`.
 
@@ -219,6 +239,34 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _probe(url: str, timeout: float) -> str | None:
+    """None if a TCP connection to `url`'s host (or to the https proxy, when one is set) opens
+    within `timeout` seconds, else why not, in a few words. Name lookup runs inside the same
+    time limit (on a helper thread: a lookup with no network can block much longer)."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    parts = urlsplit(proxy or url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    what = f"the proxy {host}" if proxy else host
+    result: dict[str, str | None] = {}
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result["why"] = None
+        except socket.gaierror:
+            result["why"] = f"no network: the name {host} could not be looked up"
+        except Exception:  # refused, unreachable, timed out
+            result["why"] = f"no network: {what} could not be reached"
+
+    worker = threading.Thread(target=connect, name=f"probe {host}", daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    if "why" not in result:
+        return f"no network: {what} did not answer within {timeout:.0f} s"
+    return result["why"]
+
+
 def _reason(e: Exception, offline: bool) -> str:
     """A few words on why a download failed, from the error and the errors it wraps."""
     if offline:
@@ -231,6 +279,8 @@ def _reason(e: Exception, offline: bool) -> str:
     names = " ".join(type(x).__name__ for x in chain)
     codes = [getattr(getattr(x, "response", None), "status_code", None) for x in chain]
     status = next((c for c in codes if isinstance(c, int)), None)
+    if "LocalEntryNotFound" in names or "OfflineModeIsEnabled" in names:
+        return "it is not in the download cache, and the Hub client is set to work offline"
     if "ConnectError" in names or "ConnectionRefused" in names or "NameResolution" in names:
         return "could not connect to the Hub"
     if "Timeout" in names:
@@ -256,9 +306,10 @@ def _reason(e: Exception, offline: bool) -> str:
 
 def _not_available(m: PretrainedModel, reason: str) -> PretrainedNotAvailableError:
     return PretrainedNotAvailableError(
-        f"{m.title} is not on this computer ({reason}). When online, download it from the model menu or with "
-        f"download_pretrained({m.key!r}) ({m.download_mb:.0f} MB). Without a network, fetch {m.url} on another "
-        f"machine and put it at {manual_path(m.key)}."
+        f"{m.title} is not on this computer ({reason}). With a network, download it here "
+        f"({m.download_mb:.0f} MB). Without one, download {m.url} on a computer that has one and put the file at "
+        f"{manual_path(m.key)}: it is found there, offline. To stop trying the network, start the app with "
+        "HF_HUB_OFFLINE=1."
     )
 
 

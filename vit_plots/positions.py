@@ -49,9 +49,11 @@ def similarity_tiles_figure(sim: np.ndarray, selected: int | None = None, height
         "x": corners[:, 1] + gw / 2,
         "y": corners[:, 0] + gh / 2,
         "mode": "markers",
-        "marker": {"size": 10, "opacity": 0, "color": "rgba(0,0,0,0)"},
+        "marker": {"size": 14, "symbol": "square", "opacity": 0, "color": "rgba(0,0,0,0)"},
         "customdata": np.stack([idx, idx // gw, idx % gw], axis=1),
-        "hoverinfo": "skip",
+        # not hoverinfo "skip": plotly sends no click events for a skipped trace, so no tile click arrived
+        "hovertemplate": "tile of patch %{customdata[0]} (row %{customdata[1]}, col %{customdata[2]}):"
+        "<br>click to see it large<extra></extra>",
         "selected": {"marker": {"opacity": 0}},
         "unselected": {"marker": {"opacity": 0}},
         "showlegend": False,
