@@ -30,7 +30,10 @@ from .cnn import is_cnn
 from .fileio import atomic_write
 from .train import PRESETS, TrainConfig
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "experiments"
+# the shipped result files; $VIT_EXPLORER_EXPERIMENTS_DIR points the app at another folder (tests)
+RESULTS_DIR = Path(
+    os.environ.get("VIT_EXPLORER_EXPERIMENTS_DIR") or Path(__file__).resolve().parent.parent / "assets" / "experiments"
+)
 RESULT_FORMAT = "vit-explorer-experiment/1"
 SWEEP_STEPS = 150  # optimiser steps of every run (a short schedule: a busy 2-core CPU, minutes a run)
 WARMUP_STEPS = 15  # linear warmup, then cosine to min_lr at SWEEP_STEPS
