@@ -7,13 +7,27 @@ to the selected page in pages/.
 
 import streamlit as st
 
-from ui.navigation import PAGES
+from ui.lessons import end_of_run as end_of_lesson_run
+from ui.lessons import lesson_panel
+from ui.navigation import sections
 from ui.session import end_of_run, sidebar
+from vit_core.limits import current_limits
 
+# Classroom mode (VIT_EXPLORER_PUBLIC=1, docs/serving.md): a failing page shows a short message,
+# never a traceback with server paths. current_limits() also stops a mistyped cap at start-up.
+if current_limits().public:
+    st.set_option("client.showErrorDetails", "none")
 st.set_page_config(page_title="ViT Explorer", page_icon=":material/visibility:", layout="wide")
-page = st.navigation([st.Page(p.path, title=p.title, icon=p.icon, default=i == 0) for i, p in enumerate(PAGES)])
+page = st.navigation(
+    {
+        section: [st.Page(p.path, title=p.title, icon=p.icon, default=p.path == "pages/1_overview.py") for p in pages]
+        for section, pages in sections().items()
+    }
+)
 try:
-    sidebar()
+    lesson_side, lesson_main = st.sidebar.container(), st.container()  # a running lesson's panel, above the rest
+    lesson_panel(sidebar(), page.title, lesson_side, lesson_main)
     page.run()
 finally:
+    end_of_lesson_run()
     end_of_run()

@@ -13,6 +13,15 @@ Model keys (the picker's option values):
                          answered in the sidebar and kept per path in session state
     "session:<name>"     a model registered by `register_session_model`
     "pretrained:<name>"  an entry of the pretrained catalogue (downloaded on request only)
+
+What a browser user can make the server do (issue 16, `vit_core.limits`): an uploaded checkpoint
+is checked in memory (size, format, and the model's cost when its config is in the file) before
+it is written, then kept in this session's own folder of the upload store, removed when the
+session ends, after the upload time limit, or at once if it does not load. A typed path is
+checked by `stat` before anything opens it (a pipe never blocks), may not lead into the upload
+store or the run folders (other sessions' files), and every refusal reads the same, so the box
+cannot tell whether a server path exists. With `VIT_EXPLORER_PUBLIC=1` (classroom mode) there is
+no upload and no path box; `VIT_EXPLORER_MODELS` names a folder whose checkpoints are offered.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +49,24 @@ from vit_core import (
     describe,
     load_checkpoint,
 )
+from vit_core.checkpoints import WEIGHT_FILES, check_checkpoint_bytes
 from vit_core.families import FAMILIES, SAVE_HELP, AnswerNeededError, Question
+from vit_core.fileio import remove_quietly
+from vit_core.limits import current_limits, is_public
 from vit_core.pretrained import download_pretrained, get_pretrained, is_downloaded, list_pretrained, load_pretrained
+from vit_core.runs import runs_root
+from vit_core.uploads import UploadError, UploadStore, check_regular_file
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_PATH = ROOT / "assets" / "vit_cifar10.safetensors"
 RUNS_DIR = ROOT / "runs"
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "vit-explorer-uploads"
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "vit-explorer-uploads"  # the upload store (the Train page's too)
+MODELS_ENV = "VIT_EXPLORER_MODELS"  # a folder of checkpoints offered to everyone (the only paths in classroom mode)
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+NO_CHECKPOINT = (
+    "No checkpoint this app can load at that path (it may not exist, not be a regular file, be too large, "
+    "or be outside the folders this server allows). Check the path, or pick another model."
+)
 
 # session_state keys
 CHOICE = "model_choice"  # the selected model key (see the module docstring): the source of truth
@@ -166,11 +187,106 @@ def pretrained_is_downloaded(name: str) -> bool:
         return False
 
 
+# ---- where checkpoint files may come from ----
+
+
+def upload_store() -> UploadStore:
+    """The store of uploaded files (one root for the process, shared with the Train page)."""
+    return UploadStore(UPLOAD_DIR)
+
+
+def session_key(session_id: str) -> str:
+    """A folder-safe form of a Streamlit session id (the same as the Train page's)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:32]
+
+
+def _session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+class _SessionFiles:
+    """This session's folder in the upload store; removed with the session (`release`)."""
+
+    def __init__(self, session: str, store: UploadStore) -> None:
+        self.session = session
+        self.store = store
+
+    @property
+    def folder(self) -> Path:
+        return self.store.session_dir(self.session)
+
+    def release(self) -> None:
+        self.store.remove_session(self.session)
+
+
+def _release(files: _SessionFiles) -> None:
+    files.release()
+
+
+@st.cache_resource(scope="session", on_release=_release, max_entries=4, show_spinner=False)
+def _session_files_resource(session: str, root: str) -> _SessionFiles:
+    """Session-scoped: released (its folder removed) when the browser session ends."""
+    return _SessionFiles(session, UploadStore(root))
+
+
+def session_files() -> _SessionFiles:
+    """This session's uploaded checkpoints (its folder is removed when the session ends)."""
+    return _session_files_resource(session_key(_session_id()), str(UPLOAD_DIR))
+
+
+def models_folder(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The folder of checkpoints the server offers everyone (`VIT_EXPLORER_MODELS`), if set."""
+    raw = (os.environ if environ is None else environ).get(MODELS_ENV, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
+def _inside(path: str | Path, folder: str | Path) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def path_allowed(path: str | Path) -> bool:
+    """Whether a typed checkpoint path may be loaded: never from the upload store or the run folders
+    (other sessions' files); in classroom mode only from `VIT_EXPLORER_MODELS`."""
+    if _inside(path, UPLOAD_DIR) or _inside(path, runs_root()):
+        return False
+    if is_public():
+        folder = models_folder()
+        return folder is not None and _inside(path, folder)
+    return True
+
+
+def _file_allowed(path: str) -> bool:
+    """Whether a "file:" key may be loaded in this session: the bundled model, runs/, the models folder,
+    a path the checks allow, or this session's own uploads (never another session's)."""
+    if _inside(path, UPLOAD_DIR):
+        return _inside(path, session_files().folder)
+    if _inside(path, BUNDLED_PATH) or _inside(path, RUNS_DIR):
+        return True
+    folder = models_folder()
+    return (folder is not None and _inside(path, folder)) or path_allowed(path)
+
+
 def _file_stat(path: str) -> tuple[float, int]:
+    """(mtime, size) of a checkpoint that may be loaded; checked by `stat` before anything opens it.
+
+    A folder (a Hugging Face or timm Hub folder) is read by `load_checkpoint`, which opens only
+    the regular files in it. Every refusal is the same message (`NO_CHECKPOINT`).
+    """
+    if not _file_allowed(path):
+        raise CheckpointError(NO_CHECKPOINT)
     try:
-        st_ = os.stat(path)
-    except OSError:
-        raise CheckpointError(f"No checkpoint at {path}. Check the path, or pick another model.") from None
+        if os.path.isdir(path):  # only a model folder (its config or weights inside) says it is one
+            if not any(os.path.isfile(os.path.join(path, n)) for n in ("config.json", *WEIGHT_FILES)):
+                raise CheckpointError(NO_CHECKPOINT)
+            st_ = os.stat(path)
+        else:
+            st_ = os.stat(check_regular_file(path, current_limits().max_checkpoint_bytes, "checkpoint"))
+    except (UploadError, OSError):
+        raise CheckpointError(NO_CHECKPOINT) from None
     return st_.st_mtime, st_.st_size
 
 
@@ -213,9 +329,9 @@ def _file_label(path: str) -> str:
     try:
         return str(p.resolve().relative_to(ROOT))
     except ValueError:
-        if p.parent == UPLOAD_DIR:  # "<stem>-<16 hex digits><suffix>": show the user's own file name
-            stem, _, digest = p.stem.rpartition("-")
-            return f"{stem}{p.suffix}" if stem and len(digest) == 16 else p.name
+        folder = models_folder()
+        if _inside(p, UPLOAD_DIR) or (folder is not None and _inside(p, folder)):
+            return p.name  # the user's own (safe) file name; no server folder
         return str(p)
 
 
@@ -228,6 +344,15 @@ def run_checkpoints() -> list[str]:
     return [str(p) for p in files[:12]]
 
 
+def server_checkpoints() -> list[str]:
+    """Checkpoint files in the server's models folder (`VIT_EXPLORER_MODELS`), by name, at most 24."""
+    folder = models_folder()
+    if folder is None or not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()]
+    return [str(p) for p in sorted(files)[:24]]
+
+
 def model_options() -> dict[str, str]:
     """Picker key -> label, in menu order; the first is the default."""
     opts: dict[str, str] = {}
@@ -235,6 +360,8 @@ def model_options() -> dict[str, str]:
         opts["bundled"] = "Bundled: ViT on CIFAR-10"
     for path in run_checkpoints():
         opts[f"file:{path}"] = f"Run: {_file_label(path)}"
+    for path in server_checkpoints():
+        opts[f"file:{path}"] = f"Server: {Path(path).name}"
     opts["untrained"] = "Untrained CIFAR-sized ViT (random weights)"
     for name in st.session_state.get(_SESSION_MODELS, {}):
         opts[f"session:{name}"] = f"Trained this session: {name}"
@@ -283,27 +410,46 @@ def select_from_link(key: str) -> str | None:
     return f"“{key}”"
 
 
+def save_upload(name: str, data: bytes) -> Path:
+    """Check an uploaded checkpoint in memory, then keep it in this session's folder.
+
+    Raises:
+        CheckpointError: too large, not a checkpoint format, or (when its config is in the file)
+            a model over the server's caps; nothing is written.
+        UploadError: over the session's or the server's upload quota; nothing is written.
+    """
+    check_checkpoint_bytes(data, name)
+    files = session_files()
+    files.store.sweep()  # what sessions that vanished left behind
+    return files.store.save(files.session, name, data)
+
+
 def _on_upload_checkpoint() -> None:
     up = st.session_state.get("model_upload")
-    if up is None:
+    if up is None or is_public():
         return
-    data = up.getvalue()
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    suffix = Path(up.name).suffix.lower() or ".safetensors"
-    path = UPLOAD_DIR / f"{Path(up.name).stem}-{digest}{suffix}"
-    if not path.exists():
-        path.write_bytes(data)
-    _try_select(f"file:{path}", f"Uploaded: {up.name}")
+    try:
+        path = save_upload(up.name, up.getvalue())
+    except (CheckpointError, UploadError) as e:
+        st.session_state[_ERROR] = f"{up.name} was not loaded: {e} The previous model is still in use."
+        return
+    if not _try_select(f"file:{path}", f"Uploaded: {up.name}") and _QUESTION not in st.session_state:
+        remove_quietly(path)  # refused when loaded (a format or cost only the weights tell): nothing left behind
 
 
 def _on_model_path() -> None:
     raw = st.session_state.get("model_path", "").strip()
     if not raw:
         return
+    folder = models_folder() if is_public() else None
+    if is_public() and folder is None:
+        return
     path = Path(raw).expanduser()
     if not path.is_absolute():
-        path = ROOT / path
+        path = (folder if folder is not None else ROOT) / path
+    if not path_allowed(path):
+        st.session_state[_ERROR] = f"{NO_CHECKPOINT} The previous model is still in use."
+        return
     _try_select(f"file:{path}", f"File: {raw}")
 
 
@@ -357,6 +503,10 @@ def model_picker() -> LoadedModel:
         _more_models()
     with sb.expander("Your own model"):
         _own_model_help()
+    if is_public():
+        sb.caption(
+            ":material/school: Classroom mode", help="This server is set up for a class (`VIT_EXPLORER_PUBLIC=1`)."
+        )
     return loaded
 
 
@@ -479,11 +629,19 @@ def _more_models() -> None:
     have = pretrained_is_downloaded(name)
     if st.button("Use it" if have else "Download and use", key="pretrained_go"):
         _download_and_select(name, have)
+    lim = current_limits()
+    if lim.public:
+        folder = models_folder()
+        if folder is not None:
+            st.text_input("…or a checkpoint in the server's models folder", key="model_path", on_change=_on_model_path)
+        st.caption("Classroom mode: checkpoint uploads and paths are off on this server.")
+        return
     st.file_uploader(
         "Upload a checkpoint (.safetensors, .pth, .pt, .bin, Lightning .ckpt)",
         type=["safetensors", "pth", "pt", "bin", "ckpt"],
         key="model_upload",
         on_change=_on_upload_checkpoint,
+        max_upload_size=max(1, lim.max_checkpoint_bytes // 2**20),
     )
     st.text_input(
         "…or a checkpoint path", key="model_path", on_change=_on_model_path, placeholder="runs/quick/best.safetensors"

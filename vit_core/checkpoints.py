@@ -10,6 +10,7 @@ inferred (see `infer_num_heads`).
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pickle
 import re
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from .errors import CheckpointError
 from .families import FAMILIES, convert_family, detect_family
 from .families import AnswerNeededError as AnswerNeededError  # re-exported: load_checkpoint raises it
 from .fileio import atomic_write
+from .limits import Limits, check_model_cost, current_limits, fmt_bytes
 from .model import VisionTransformer
 
 FORMAT_TAG = "vit-explorer/1"
@@ -196,7 +199,15 @@ def _unfilled_model(
     """The model with uninitialised weights, for `load_weights` to fill; skipping the random
     init saves seconds on a ViT-B. It is built on the meta device and checked against
     `tensors` first, so a config that claims a far larger model than its weights never
-    allocates memory for it."""
+    allocates memory for it. Every ViT loaded from any file passes here, with its config
+    known and nothing allocated: the server's token and attention-memory caps are checked
+    first (`limits.check_model_cost`), so a small file describing a huge forward pass
+    (patch size 1 on a large image) is refused before it costs anything.
+
+    Raises:
+        ModelTooLargeError: over the server's caps (a CheckpointError).
+    """
+    check_model_cost(cfg, source=source)
     try:
         with torch.device("meta"):
             model = VisionTransformer(cfg, class_names)
@@ -266,6 +277,8 @@ def load_checkpoint(
         raise CheckpointError(f"No checkpoint at {path}.")
     folder = path if path.is_dir() else path.parent
     weights = _weight_file(path) if path.is_dir() else path
+    if not weights.is_file():  # by stat: opening a FIFO would block until a writer came
+        raise CheckpointError(f"{weights.name} is not a regular file (a pipe or a device?); nothing was read.")
     tensors, meta = _read_weights(weights)
     if meta.get("format") == FORMAT_TAG:
         model = load_own(tensors, meta, weights.name)
@@ -353,7 +366,9 @@ def _weight_file(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    candidates = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".bin", ".pt"))
+    candidates = sorted(
+        p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".bin", ".pt") and p.is_file()
+    )
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
@@ -409,6 +424,51 @@ def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     )
 
 
+def check_checkpoint_bytes(data: bytes, name: str = "checkpoint", limits: Limits | None = None) -> str:
+    """Check an uploaded checkpoint while it is still in memory, before anything is written.
+
+    The size against `limits.max_checkpoint_bytes`, the format from the bytes (safetensors or a
+    PyTorch file), a safetensors header that fits the file, and, for this app's own format
+    (whose config is in the header), the model's cost (`limits.check_model_cost`): a tiny file
+    that describes a huge forward pass is refused here. Other formats tell their config only
+    through their weights; `load_checkpoint` checks the cost of those before building them.
+
+    Returns:
+        The format, "safetensors" or "torch".
+
+    Raises:
+        CheckpointError: too large, empty, not a checkpoint, a damaged header, or too costly
+            (`ModelTooLargeError`).
+    """
+    lim = current_limits() if limits is None else limits
+    if len(data) > lim.max_checkpoint_bytes:
+        raise CheckpointError(
+            f"{name} is {fmt_bytes(len(data))}; this server takes checkpoints up to {fmt_bytes(lim.max_checkpoint_bytes)}."
+        )
+    kind = _sniff(data[:9], len(data), lambda: zipfile.ZipFile(io.BytesIO(data)))
+    if kind == "empty":
+        raise CheckpointError(f"{name} is empty.")
+    if kind == "npz":
+        raise CheckpointError(f"{name} is a NumPy .npz archive, which vit_core does not read.")
+    if kind not in ("safetensors", "torch"):
+        raise CheckpointError(f"{name} is neither a safetensors file nor a PyTorch checkpoint.")
+    if kind == "safetensors":
+        (header_len,) = struct.unpack("<Q", data[:8])
+        try:
+            header = json.loads(data[8 : 8 + header_len])
+        except (ValueError, UnicodeDecodeError):
+            raise CheckpointError(f"{name} is not a readable safetensors file (its header is damaged).") from None
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        if isinstance(meta, dict) and meta.get("format") == FORMAT_TAG and isinstance(meta.get("config"), str):
+            try:
+                cfg = config_from_dict(json.loads(meta["config"]))
+            except (KeyError, ValueError, TypeError, ArithmeticError) as e:
+                raise CheckpointError(f"{name}: its metadata does not describe a ViT config ({e}).") from None
+            if isinstance(cfg, ViTConfig):
+                check_model_cost(cfg, lim, source=name)
+    return kind
+
+
 def sniff_format(path: str | os.PathLike) -> str:
     """What a weight file holds, from its first bytes: "safetensors", "torch" (a zip or a
     legacy pickle from `torch.save`), "npz", "empty" or "unknown"."""
@@ -419,6 +479,11 @@ def sniff_format(path: str | os.PathLike) -> str:
             head = f.read(9)
     except OSError as e:
         raise CheckpointError(f"Cannot read {path}: {e.strerror or e}.") from None
+    return _sniff(head, size, lambda: zipfile.ZipFile(path))
+
+
+def _sniff(head: bytes, size: int, open_zip: Callable[[], zipfile.ZipFile]) -> str:
+    """`sniff_format` on the first 9 bytes of a file of `size` bytes (`open_zip` reads it as a zip)."""
     if size == 0:
         return "empty"
     # safetensors first: its 8-byte header length can start with 0x80 (a header of 128, 384,
@@ -430,7 +495,7 @@ def sniff_format(path: str | os.PathLike) -> str:
             return "safetensors"
     if head[:4] == b"PK\x03\x04":
         try:
-            with zipfile.ZipFile(path) as z:
+            with open_zip() as z:
                 names = z.namelist()
         except Exception:  # BadZipFile, OSError, UnicodeDecodeError on a garbled name, ...
             return "torch"  # a damaged torch zip; torch.load will say what is wrong
