@@ -8,7 +8,7 @@ to the selected page in pages/.
 import streamlit as st
 
 from ui.lessons import end_of_run as end_of_lesson_run
-from ui.lessons import lesson_panel
+from ui.lessons import lesson_panel, mark_panel_drawn
 from ui.navigation import sections
 from ui.session import end_of_run, sidebar
 from vit_core.limits import current_limits
@@ -27,6 +27,7 @@ page = st.navigation(
 try:
     lesson_side, lesson_main = st.sidebar.container(), st.container()  # a running lesson's panel, above the rest
     lesson_panel(sidebar(), page.title, lesson_side, lesson_main)
+    mark_panel_drawn()
     page.run()
 finally:
     end_of_lesson_run()
