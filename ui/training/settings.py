@@ -88,15 +88,21 @@ def settings_form(info: DataInfo | None) -> TrainConfig | None:
     """The preset and the knobs; returns the configuration (None when it is not valid)."""
     img = info.image_size if info is not None else 32
     speed = server_speed()
+    # The options' labels stay the same from run to run (the widget keeps its value by label);
+    # the estimates, which depend on the data, go in the caption below.
     st.selectbox(
         "Preset",
         list(APP_PRESETS),
-        format_func=lambda k: f"{PRESET_LABELS.get(k, k)}: {preset_summary(k, preset_estimate(k, info, speed))}",
+        format_func=lambda k: f"{PRESET_LABELS.get(k, k)}: {preset_summary(k)}",
         key="train_preset",
         on_change=_apply_preset,
     )
+    key = st.session_state["train_preset"]
+    estimates = " · ".join(
+        f"{PRESET_LABELS.get(k, k)} about {fmt_duration(preset_estimate(k, info, speed))}" for k in APP_PRESETS
+    )
     st.caption(
-        f"Measured ({PRESET_LABELS.get(st.session_state['train_preset'])}): {BENCHMARKS[st.session_state['train_preset']]}."
+        f"On this server now, for this data: {estimates}. Measured ({PRESET_LABELS.get(key, key)}): {BENCHMARKS[key]}."
     )
     st.markdown("**Model**")
     c = st.columns(5)
