@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     test = test.subset(balanced_subset(test.labels, min(TEST_IMAGES, len(test)), seed=0, num_classes=test.num_classes))
     print(f"data loaded in {time.perf_counter() - t0:.0f}s; {len(todo)} of {len(plan)} runs to do", flush=True)
     for r in todo:
+        if result_path(r.key, args.results).is_file():  # finished meanwhile by another sweep process
+            continue
         run_one(r, train, test, probe, Path(args.runs), args.results, args.save_every, " ".join(sys.argv))
     export_cnn(Path(args.runs), Path(args.results))
     return 0
