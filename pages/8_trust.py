@@ -105,8 +105,8 @@ table = {
     ]
     + [""],
 }
-c1, c2 = st.columns([3, 2])
-c1.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch")
+c2 = st.container()
 fastest_del = min(methods, key=lambda m: areas[m][0])
 fastest_ins = max(methods, key=lambda m: areas[m][1])
 no_better = [m for m in methods if areas[m][0] >= d_lo and areas[m][1] <= i_hi]
@@ -221,9 +221,8 @@ st.subheader("Do the maps agree?")
 maps_now = lab.maps(cur, target, fusion, discard, s0)
 mnames = list(maps_now)
 rho, over = (a.numpy() for a in agreement_matrix(np.stack([maps_now[m].reshape(-1) for m in mnames])))
-c1, c2 = st.columns([3, 2])
-with c1:
-    chart(vpf.agreement_figure(rho, over, mnames), key="lab_agree")
+chart(vpf.agreement_figure(rho, over, mnames), key="lab_agree")
+c2 = st.container()
 pairs = [(rho[i, j], mnames[i], mnames[j], over[i, j]) for i in range(len(mnames)) for j in range(i + 1, len(mnames))]
 pairs = [p for p in pairs if p[0] == p[0]]
 if pairs:
@@ -328,7 +327,7 @@ def knockout_view() -> None:
     options = list(range(L * H))
     st.session_state[KNOCKED] = [v for v in st.session_state.get(KNOCKED, []) if v in options]
     heads = tuple(sorted(divmod(v, H) for v in st.session_state[KNOCKED]))
-    c1, c2 = st.columns([2, 3])
+    c1, c2 = st.columns([1, 1])
     with c1:
         kept("lab_imp_metric", "logprob", ["logprob", "accuracy"])
         metric = st.radio(
@@ -354,6 +353,7 @@ def knockout_view() -> None:
                 value_name=f"drop ({unit})" if unit else "not measured",
                 value_format=".3f" if metric == "logprob" else ".1f",
                 height=int(min(60, max(28, 360 / L)) * L + 60),
+                show_values=imp is not None,
             ),
             key="lab_heads",
             on_patch=_toggle_head,

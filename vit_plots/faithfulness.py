@@ -127,8 +127,8 @@ def curves_figure(
                 }
             )
     layout = {
-        **base_layout(height, showlegend=True, margin={"l": 60, "r": 10, "t": 60, "b": 50}),
-        "legend": {"orientation": "h", "y": 1.2, "x": 0},
+        **base_layout(height, showlegend=True, margin={"l": 60, "r": 10, "t": 30, "b": 90}),
+        "legend": {"orientation": "h", "y": -0.22, "x": 0, "yanchor": "top"},
         "xaxis": {"domain": [0, 0.47], "title": {"text": "patches hidden, most salient first (%)"}, "range": [0, 100]},
         "xaxis2": {
             "domain": [0.53, 1],
@@ -184,18 +184,18 @@ def agreement_figure(
                 "text": text,
                 "texttemplate": "%{text}",
                 "hovertemplate": "%{y} vs %{x}: %{text}<extra></extra>",
-                "colorbar": {"x": 0.44 if p == 0 else 1.0, "thickness": 12, "len": 0.9},
+                "colorbar": {"x": 0.41 if p == 0 else 0.99, "thickness": 12, "len": 0.9},
                 "xaxis": f"x{suffix}",
                 "yaxis": f"y{suffix}",
             }
         )
     layout = {
         **base_layout(height, margin={"l": 10, "r": 10, "t": 30, "b": 10}),
-        "xaxis": {"domain": [0.0, 0.40], "automargin": True, "tickangle": -30},
+        "xaxis": {"domain": [0.0, 0.36], "automargin": True, "tickangle": -30},
         "yaxis": {"autorange": "reversed", "automargin": True},
-        "xaxis2": {"domain": [0.56, 0.96], "automargin": True, "tickangle": -30},
+        "xaxis2": {"domain": [0.56, 0.92], "automargin": True, "tickangle": -30},
         "yaxis2": {"anchor": "x2", "autorange": "reversed", "showticklabels": False},
-        "annotations": [_title("rank correlation (Spearman)", 0.2), _title("top-10% overlap", 0.76)],
+        "annotations": [_title("rank correlation (Spearman)", 0.18), _title("top-10% overlap", 0.74)],
     }
     return figure(data, layout)
 
@@ -346,6 +346,7 @@ def head_grid_figure(
     value_format: str = ".3f",
     colorscale: str = "RdBu_r",
     height: int | None = None,
+    show_values: bool = True,
 ) -> go.Figure:
     """A clickable layer x head grid: one cell per head coloured by `values`, knocked-out heads crossed.
 
@@ -357,6 +358,7 @@ def head_grid_figure(
         values: (L, h) e.g. the log-probability drop when that head alone is knocked out.
         knocked: (layer, head) pairs, 0-based, drawn with a cross.
         colorscale: diverging by default, centred on 0 (a head whose loss helps shows blue).
+        show_values: write each value in its cell (False: an unmeasured grid, clicks only).
     """
     v = np.asarray(values, dtype=np.float64)
     L, H = v.shape
@@ -364,7 +366,7 @@ def head_grid_figure(
     span = span if span > 0 else 1.0
     rows = [f"layer {i + 1}" for i in range(L)]
     cols = [f"head {j}" for j in range(H)]
-    text = [[format(x, value_format) for x in row] for row in v]
+    text = [[format(x, value_format) if show_values else "" for x in row] for row in v]
     heat = {
         "type": "heatmap",
         "z": v,
@@ -403,7 +405,7 @@ def head_grid_figure(
         "x": [cols[b] for _, b in ko],
         "y": [rows[a] for a, _ in ko],
         "mode": "markers",
-        "marker": {"symbol": "x-thin", "size": cell * 0.8, "line": {"width": 4, "color": "#111111"}},
+        "marker": {"symbol": "x-thin", "size": cell * 0.45, "line": {"width": 3, "color": "#111111"}},
         "hoverinfo": "skip",
         "showlegend": False,
         "name": "knocked out",
@@ -415,6 +417,8 @@ def head_grid_figure(
         "hoverdistance": -1,
         "meta": {"knocked": [list(p) for p in ko]},
     }
+    row_px = (layout["height"] - 40) / L
+    layout["width"] = int(min(1000, H * max(row_px, 40) + 170))  # cells about square
     return figure([heat, targets, crosses], layout)
 
 
