@@ -313,3 +313,38 @@ def test_figure_builders(tmp_path):
     assert len(fig.data) == 4 + 4 + 1 + 5
     assert list(fig.data[8].y) == pytest.approx([0.0, 0.1, 0.2])
     assert np.asarray(raw.data[0].y, dtype=float) == pytest.approx([9.0] * 3)
+
+
+# ---------------------------------------------------------------- app runs (vit_core.runs)
+
+
+@pytest.fixture
+def run_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_EXPLORER_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("VIT_EXPLORER_TRAIN_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("VIT_EXPLORER_MAX_RUNS", raising=False)
+    from tests._tiny_data import make_image_folder
+
+    return make_image_folder(tmp_path / "tiny")
+
+
+@pytest.mark.parametrize("arch", ["vit", "resnet"])
+def test_an_app_run_of_either_arch_finishes_with_its_kind_of_snapshot(run_env, arch):
+    from tests._tiny_data import tiny_config
+    from vit_core.runs import TrainingRun
+    from vit_core.sources import DataSource
+
+    cfg = tiny_config(epochs=2, arch=arch, cnn_preset="demo", train_size=36)
+    run = TrainingRun(cfg, DataSource("path", str(run_env)), snapshots=3, min_snapshot_interval_s=0.0)
+    run.start()
+    assert run.join(120)
+    v = run.view()
+    assert v.status == "finished", v.message
+    assert v.train_size == 36 and len(v.snapshots) >= 2
+    model = run.export_model()
+    if arch == "resnet":
+        assert is_cnn(model) and v.tokens == 0
+        assert all(s.stem_filters is not None and s.measures is None for s in v.snapshots)
+    else:
+        assert all(s.measures is not None for s in v.snapshots)
+        assert len(v.snapshots[-1].measures["logit_lens_accuracy"]) == cfg.depth + 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_experiments import fake_results
+from tests.test_experiments import fake_results, synthetic, tiny
 from vit_core import experiments as ex
+from vit_core.snapshots import take_snapshot
+from vit_core.train import Trainer
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/10_experiments.py"
@@ -53,3 +56,41 @@ def test_the_page_works_without_any_shipped_results(tmp_path, monkeypatch):
     # the live comparisons still draw: distance by depth and the two filter mosaics
     assert len(at.get("plotly_chart")) == 3
     assert not at.dataframe
+
+
+class FakeRun:
+    """Just what the page reads of a TrainingRun: `view().snapshots` (and `release` for the lease)."""
+
+    id = "fake"
+
+    def __init__(self, snapshots):
+        self._view = SimpleNamespace(status="finished", active=False, done=True, snapshots=snapshots)
+
+    def view(self):
+        return self._view
+
+    def release(self) -> None:
+        pass
+
+
+def test_the_emergence_dashboard_draws_the_sessions_snapshots(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "RESULTS_DIR", tmp_path / "none")
+    vit = Trainer(tiny(), synthetic(8)).model
+    data = synthetic(8)
+    x = (data.images[:8].float() / 255 - 0.5) / 0.25
+    snaps = [
+        take_snapshot(vit, x[:1], step=s, epoch=s / 10, measure_images=x, measure_labels=data.labels[:8])
+        for s in (0, 5, 10)
+    ]
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["train_run"] = FakeRun(snaps)
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 4  # distance, two filter mosaics, the dashboard
+    assert "This session's run, 3 snapshots" in text(at)
+    # a CNN run's snapshots carry no measures: said in words, no dashboard
+    cnn = Trainer(tiny(arch="resnet"), data).model
+    at.session_state["train_run"] = FakeRun([take_snapshot(cnn, x[:1], step=0, epoch=0.0)])
+    at.run()
+    assert "has no emergence measures" in text(at) and len(at.get("plotly_chart")) == 3

@@ -915,7 +915,8 @@ class TrainingRun:
                 train_seconds=m.elapsed_s if m else 0.0,
                 params=self._params,
                 tokens=self._tokens,
-                train_size=len(train) if train is not None else 0,
+                # the images the trainer trains on (a balanced subset when the config sets train_size)
+                train_size=len(trainer.train_data) if trainer is not None else (len(train) if train is not None else 0),
                 test_size=len(test) if test is not None else 0,
                 eval_size=_eval_count(len(test), self.eval_size) if test is not None else 0,
                 class_names=list(train.class_names) if train is not None else [],
