@@ -177,8 +177,8 @@ def upload_limit_mb() -> int:
 def _upload_box() -> DataSource | None:
     limit = upload_limit_mb()
     st.file_uploader(
-        f"The official {CIFAR10_ARCHIVE}, the JPEG cifar10_jpeg.tar.gz, or a .tar.gz of an image folder "
-        "(train/<class>/*.jpg, test/<class>/*.jpg)",
+        f"The official `{CIFAR10_ARCHIVE}`, the JPEG `cifar10_jpeg.tar.gz`, or a .tar.gz of an image folder "
+        "(`train/<class>/*.jpg`, `test/<class>/*.jpg`)",
         type=["gz", "tgz", "tar"],
         key="train_upload",
         on_change=_on_upload,
