@@ -1,9 +1,11 @@
-"""A small load test for CI: 4 concurrent browser sessions on one server, each with its own image.
+"""Small load tests for CI: 4 concurrent browser sessions on one server.
 
-The full version (20 sessions, several waves, latency and memory figures) is
-benchmarks/load_test.py; this runs its driver with 4 sessions and one wave, and checks that
-every session got the prediction vit_core computes for its own image, on the Attention page,
-with no exception on the page. A static check makes sure every Streamlit cache in the app is
+The full versions are benchmarks/load_test.py: a class of 30 (a few attacking) and waves of 20
+sessions. Here its drivers run at 4 sessions: a wave, where every session must get the
+prediction vit_core computes for its own image, on the Attention page, with no exception on the
+page; and a small class in classroom mode, where two sessions attack (a 40-megapixel image, the
+checkpoint upload and path box) and must be refused while the other two get their own correct
+prediction, and nothing the class did is left in the server's temporary folder. A static check makes sure every Streamlit cache in the app is
 bounded (`max_entries`), which is what keeps memory flat across many images and sessions.
 
 The browser part is skipped without /usr/bin/chromium or the playwright package.
@@ -77,3 +79,27 @@ def test_four_concurrent_sessions_each_get_their_own_correct_result():
     s = summary(results)
     assert all(math.isfinite(v["p95"]) for v in s.values()), s
     assert 0 < rss_before < rss_after < 4096, (rss_before, rss_after)  # MiB: a sanity bound, not a benchmark
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium")
+def test_a_small_class_in_classroom_mode_attackers_are_refused_and_nothing_is_left_behind():
+    import_playwright("playwright.async_api")
+    from benchmarks.load_test import TOUR, class_ok, classroom, print_class
+
+    # one tour page and no separate warm-up: the class itself warms the server (time limit: a loaded CI machine)
+    report = classroom(
+        SESSIONS, attackers=2, tour=[t for t in TOUR if t[0] == "Attention"], time_limit_s=400, warmup=False
+    )
+    print_class(report)
+    assert not report["warmup_errors"], report["warmup_errors"]
+    assert sorted(a["attack"] for a in report["attacks"]) == ["40mp", "checkpoint_widgets"]
+    for a in report["attacks"]:
+        assert a["refused"] and not a["errors"], a
+    assert any("the limit is 16 MP" in a["message"] for a in report["attacks"])
+    h = report["honest"]
+    assert h["count"] == 2 and h["correct"] == 2, [r for r in report["results"] if r["role"] == "tour"]
+    assert math.isfinite(h["page_p95_s"])
+    assert report["left_behind"] == [] and report["disk_after_bytes"] == report["disk_before_bytes"]
+    assert report["rss_peak_mib"] < report["rss_before_mib"] + 400  # a 40 MP decode alone is 120 MiB
+    assert class_ok(report)
