@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 import vit_plots as vp
 from vit_core.analysis.questions import (
@@ -408,6 +407,8 @@ section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"],
 [data-testid="stMain"] h2, [data-testid="stMain"] h3 { font-size: 2.0rem; }
 [data-testid="stMain"] .katex { font-size: 1.35em; }
 [data-testid="stMain"] label p { font-size: 1.15rem !important; }
+.st-key-lesson_presenter_box { position: sticky; top: 3.75rem; z-index: 990;
+  background: var(--background-color, #fff); box-shadow: 0 6px 12px -8px rgba(0,0,0,0.35); }
 </style>
 """
 FOCUS_CSS = """
@@ -431,12 +432,16 @@ function go() {{
   }}
   const h = [...doc.querySelectorAll('[data-testid="stMain"] h1, [data-testid="stMain"] h2, [data-testid="stMain"] h3')]
     .find(e => e.textContent.trim().startsWith(want));
-  if (h) {{ h.classList.add('lesson-focus'); h.scrollIntoView({{behavior: 'smooth', block: 'start'}}); return; }}
+  if (h) {{
+    const box = doc.querySelector('.st-key-lesson_presenter_box');  // presenter mode: the step stays on top
+    h.style.scrollMarginTop = ((box ? box.getBoundingClientRect().height : 0) + 80) + 'px';
+    h.classList.add('lesson-focus'); h.scrollIntoView({{behavior: 'smooth', block: 'start'}}); return;
+  }}
   if (tries++ < 60) setTimeout(go, 250);
 }}
 setTimeout(go, 300);
 </script>"""
-    components.html(js, height=0)
+    st.iframe(js, height=1)  # our own script (the heading comes from FOCUS_HEADINGS), never a lesson file's text
 
 
 def lesson_panel(cur: Current | None, page: str, side, main) -> None:
@@ -467,7 +472,7 @@ def lesson_panel(cur: Current | None, page: str, side, main) -> None:
     if target and _PATH_TITLES.get(target) != page:
         st.switch_page(target)
     presenter = bool(kept(PRESENTER_KEY, False))
-    box = main.container(border=True) if presenter else side.container(border=True)
+    box = main.container(border=True, key="lesson_presenter_box") if presenter else side.container(border=True)
     if presenter:
         st.html(PRESENTER_CSS)
     st.html(FOCUS_CSS)
@@ -482,27 +487,52 @@ def _panel(lesson: Lesson, i: int, cur: Current | None, page: str, box, presente
     step = lesson.steps[i]
     p = progress(lesson.id)
     n = len(lesson.steps)
+    dots = "".join("●" if j <= i else "○" for j in range(n))
     with box:
-        top = st.columns([3, 2]) if presenter else [st.container(), st.container()]
-        top[0].caption(f":material/school: **{lesson.title}** · step {i + 1} of {n}")
-        top[1].toggle("Presenter mode", key=PRESENTER_KEY, help="Larger type, no sidebar: for a projector.")
-        st.progress((i + 1) / n)
-        (st.subheader if presenter else st.markdown)(step.title if presenter else f"**{step.title}**")
-        if i in p.skipped:
-            st.warning(f"This step is skipped: {p.skipped[i]}.", icon=":material/skip_next:")
+        if presenter:  # one step per screen: the text on the left, the question and the buttons on the right
+            left, right = st.columns([3, 2], gap="large")
         else:
-            st.markdown(step.text)
-            if _title(step.page) != page:
-                st.page_link(page_path(step.page), label=f"Go to {_title(step.page)}", icon=":material/arrow_forward:")
-            if step.question is not None and cur is not None:
+            left = right = st.container()
+        with left:
+            st.caption(f":material/school: **{lesson.title}** · step {i + 1} of {n} {dots}")
+            (st.subheader if presenter else st.markdown)(step.title if presenter else f"**{step.title}**")
+            if i in p.skipped:
+                st.warning(f"This step is skipped: {p.skipped[i]}.", icon=":material/skip_next:")
+            else:
+                st.markdown(step.text)
+                if _title(step.page) != page:
+                    st.page_link(
+                        page_path(step.page), label=f"Go to {_title(step.page)}", icon=":material/arrow_forward:"
+                    )
+        with right:
+            if i not in p.skipped and step.question is not None and cur is not None:
                 question_widget(lesson, i, cur, st.container())
-        c = st.columns(3)
-        c[0].button("Back", key="lesson_back", on_click=enter, args=(i - 1,), disabled=i == 0, width="stretch")
-        if i + 1 < n:
-            c[1].button("Next", key="lesson_next", type="primary", on_click=enter, args=(i + 1,), width="stretch")
-        else:
-            c[1].button("Finish", key="lesson_finish", type="primary", on_click=finish, width="stretch")
-        c[2].button("Leave", key="lesson_leave", on_click=leave, width="stretch", help="Come back to this step later.")
+            c = st.columns(2)
+            c[0].button("Back", key="lesson_back", on_click=enter, args=(i - 1,), disabled=i == 0, width="stretch")
+            if i + 1 < n:
+                c[1].button("Next", key="lesson_next", type="primary", on_click=enter, args=(i + 1,), width="stretch")
+            else:
+                c[1].button("Finish", key="lesson_finish", type="primary", on_click=finish, width="stretch")
+            c = st.columns(2)
+            c[0].toggle(
+                "Presenter", key=PRESENTER_KEY, on_change=_to_top, help="Larger type, no sidebar: for a projector."
+            )
+            c[1].button(
+                "Leave",
+                key="lesson_leave",
+                type="tertiary",
+                on_click=leave,
+                help="Come back to this step from Lessons.",
+            )
+
+
+def _to_top() -> None:
+    """Presenter mode on or off: show the step's view again (the panel moves)."""
+    lid = st.session_state.get(_ACTIVE)
+    if lid:
+        lesson = all_lessons().get(lid)
+        if lesson is not None:
+            st.session_state[_SCROLL] = lesson.steps[min(progress(lid).step, len(lesson.steps) - 1)].focus or ""
 
 
 def _title(page: str) -> str:
