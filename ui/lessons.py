@@ -407,8 +407,6 @@ section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"],
 [data-testid="stMain"] h2, [data-testid="stMain"] h3 { font-size: 2.0rem; }
 [data-testid="stMain"] .katex { font-size: 1.35em; }
 [data-testid="stMain"] label p { font-size: 1.15rem !important; }
-.st-key-lesson_presenter_box { position: sticky; top: 3.75rem; z-index: 990;
-  background: var(--background-color, #fff); box-shadow: 0 6px 12px -8px rgba(0,0,0,0.35); }
 </style>
 """
 FOCUS_CSS = """
@@ -419,25 +417,30 @@ FOCUS_CSS = """
 """
 
 
-def _scroll_to(heading: str | None) -> None:
-    """Bring a heading of the page into sight and mark it (None: the top of the page)."""
+def _scroll_to(heading: str | None, to_top: bool = False) -> None:
+    """Bring a heading of the page into sight and mark it (None: the top of the page).
+
+    to_top: mark the heading but show the top of the page (presenter mode: the step is the screen).
+    """
     js = f"""<script>
-const doc = window.parent.document, want = {json.dumps(heading)};
+const doc = window.parent.document, want = {json.dumps(heading)}, toTop = {json.dumps(to_top)};
 let tries = 0;
+function find() {{
+  return [...doc.querySelectorAll('[data-testid="stMain"] h1, [data-testid="stMain"] h2, [data-testid="stMain"] h3')]
+    .find(e => e.textContent.trim().startsWith(want));
+}}
 function go() {{
   doc.querySelectorAll('.lesson-focus').forEach(e => e.classList.remove('lesson-focus'));
-  if (want === null) {{
-    const main = doc.querySelector('[data-testid="stMain"]') || doc.scrollingElement;
-    main.scrollTo({{top: 0, behavior: 'smooth'}}); return;
+  const h = want === null ? null : find();
+  if (want !== null && !h) {{ if (tries++ < 60) setTimeout(go, 250); return; }}
+  if (h) h.classList.add('lesson-focus');
+  if (want === null || toTop) {{
+    const main = doc.querySelector('[data-testid="stMain"]');
+    if (main) main.scrollTo({{top: 0, behavior: 'smooth'}});
+    window.parent.scrollTo({{top: 0, behavior: 'smooth'}});
+    return;
   }}
-  const h = [...doc.querySelectorAll('[data-testid="stMain"] h1, [data-testid="stMain"] h2, [data-testid="stMain"] h3')]
-    .find(e => e.textContent.trim().startsWith(want));
-  if (h) {{
-    const box = doc.querySelector('.st-key-lesson_presenter_box');  // presenter mode: the step stays on top
-    h.style.scrollMarginTop = ((box ? box.getBoundingClientRect().height : 0) + 80) + 'px';
-    h.classList.add('lesson-focus'); h.scrollIntoView({{behavior: 'smooth', block: 'start'}}); return;
-  }}
-  if (tries++ < 60) setTimeout(go, 250);
+  h.scrollIntoView({{behavior: 'smooth', block: 'start'}});
 }}
 setTimeout(go, 300);
 </script>"""
@@ -480,7 +483,7 @@ def lesson_panel(cur: Current | None, page: str, side, main) -> None:
     if _SCROLL in st.session_state and page == _title(step.page):
         focus = st.session_state.pop(_SCROLL)
         with main:
-            _scroll_to(FOCUS_HEADINGS.get(focus) if focus else None)
+            _scroll_to(FOCUS_HEADINGS.get(focus) if focus else None, to_top=presenter)
 
 
 def _panel(lesson: Lesson, i: int, cur: Current | None, page: str, box, presenter: bool) -> None:
@@ -500,6 +503,9 @@ def _panel(lesson: Lesson, i: int, cur: Current | None, page: str, box, presente
                 st.warning(f"This step is skipped: {p.skipped[i]}.", icon=":material/skip_next:")
             else:
                 st.markdown(step.text)
+                heading = FOCUS_HEADINGS.get(step.focus or "")
+                if presenter and heading and _title(step.page) == page:
+                    st.caption(f":material/arrow_downward: Below: *{heading}...*, marked.")
                 if _title(step.page) != page:
                     st.page_link(
                         page_path(step.page), label=f"Go to {_title(step.page)}", icon=":material/arrow_forward:"
@@ -513,16 +519,16 @@ def _panel(lesson: Lesson, i: int, cur: Current | None, page: str, box, presente
                 c[1].button("Next", key="lesson_next", type="primary", on_click=enter, args=(i + 1,), width="stretch")
             else:
                 c[1].button("Finish", key="lesson_finish", type="primary", on_click=finish, width="stretch")
-            c = st.columns(2)
+            c = st.columns(2) if presenter else [st.container(), st.container()]
             c[0].toggle(
-                "Presenter", key=PRESENTER_KEY, on_change=_to_top, help="Larger type, no sidebar: for a projector."
+                "Presenter mode", key=PRESENTER_KEY, on_change=_to_top, help="Larger type, no sidebar: for a projector."
             )
             c[1].button(
-                "Leave",
+                "Leave the lesson",
                 key="lesson_leave",
                 type="tertiary",
                 on_click=leave,
-                help="Come back to this step from Lessons.",
+                help="Come back to this step from the Lessons page.",
             )
 
 
