@@ -212,7 +212,7 @@ def test_bad_upload_keeps_the_previous_image():
     at.file_uploader(key="image_upload").upload("broken.png", b"\x89PNG\r\n\x1a\nnot really", "image/png").run()
     ok(at)
     errors = [e.value for e in at.main.error]  # at the top of the page, where the user is looking
-    assert errors and "broken.png" in errors[0] and "Still showing: CIFAR-10: cat" in errors[0]
+    assert errors and "broken.png" in errors[0] and "Now showing: CIFAR-10: cat" in errors[0]
     assert "image: CIFAR-10: cat" in prediction_text(at)
     assert len(at.get("plotly_chart")) == PAGES[0][2]
 

@@ -138,7 +138,7 @@ def test_a_file_that_is_not_an_image_is_named_where_the_user_looks(page, tmp_pat
     box = alert.bounding_box()
     assert box is not None and 0 <= box["y"] < 400  # at the top, in view without scrolling
     text = alert.inner_text()
-    assert "Still showing: CIFAR-10: cat" in text and "Pillow" not in text and "previous image" not in text
+    assert "Now showing: CIFAR-10: cat" in text and "Pillow" not in text and "previous image" not in text
     assert "image: CIFAR-10: cat" in main_text(page)
     page.screenshot(path=str(ARTIFACTS / "tour_refused_upload.png"))
 

@@ -116,7 +116,7 @@ def test_a_file_that_is_not_an_image_is_named_in_plain_words_at_the_top():
     errors = [e.value for e in at.main.error]
     assert len(errors) == 1
     text = errors[0]
-    assert text.startswith("notes.png was not used") and "Still showing: CIFAR-10: cat" in text
+    assert text.startswith("notes.png was not used") and "Now showing: CIFAR-10: cat" in text
     for word in ("Pillow", "previous image", "Error", "load_image", "vit_core"):
         assert word not in text, text
     assert "image: CIFAR-10: cat" in prediction_text(at)

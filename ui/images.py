@@ -210,7 +210,7 @@ def image_picker() -> ImageChoice:
         key=SAMPLE_KEY,
         on_change=_on_sample,
         index=None,
-        placeholder="Choose a sample to go back to the samples",
+        placeholder="Back to a sample…",
     )
     key = upload_key()
     sb.file_uploader(
@@ -232,4 +232,4 @@ def refused_upload_message() -> str | None:
     if not refused:
         return None
     filename, reason = refused
-    return f"{filename} was not used: {reason} Still showing: {current_image().name}."
+    return f"{filename} was not used: {reason} Now showing: {current_image().name}."
