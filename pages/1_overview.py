@@ -102,5 +102,6 @@ st.caption(
 )
 
 st.subheader("Where to next")
-for i, (col, step) in enumerate(zip(st.columns(len(WHERE_NEXT)), WHERE_NEXT), start=1):
-    col.page_link(step.path, label=f"{i} · {step.step}" if step.step else step.title, icon=step.icon)
+cols = st.columns(3)  # two rows of three: six links in one row are cut off below ~1400 px
+for i, step in enumerate(WHERE_NEXT, start=1):
+    cols[(i - 1) % 3].page_link(step.path, label=f"{i} · {step.step}" if step.step else step.title, icon=step.icon)
