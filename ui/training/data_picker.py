@@ -63,7 +63,7 @@ def data_picker() -> tuple[DataSource | None, DataInfo | None]:
     """Where the images come from; returns the source and what it holds, or (None, None)."""
     suggested = suggested_path()
     # CIFAR-10 this server already has (any earlier session's unpacked copy) comes first.
-    st.session_state.setdefault("train_source", "download" if cifar10_cached() is not None or not suggested else "path")
+    st.session_state.setdefault("train_source", "download" if cifar10_cached() is not None else "path")
     options = [k for k in SOURCES if not (k == "path" and current_limits().public)]  # no server paths in class
     if st.session_state["train_source"] not in options:
         st.session_state["train_source"] = options[0]

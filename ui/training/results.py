@@ -123,8 +123,10 @@ def snapshot_scrubber(run: TrainingRun, v: RunView) -> None:
     st.subheader("How the structures emerged")
     steps = [s.step for s in v.snapshots]
     st.session_state.setdefault("train_snapshot", steps[-1])
-    if st.session_state["train_snapshot"] not in steps:
-        st.session_state["train_snapshot"] = steps[-1]
+    newest = (run.id, steps[-1])
+    if st.session_state["train_snapshot"] not in steps or st.session_state.get("_train_snapshot_newest") != newest:
+        st.session_state["train_snapshot"] = steps[-1]  # a new snapshot arrived (the final one, a resumed run's)
+    st.session_state["_train_snapshot_newest"] = newest
     if len(steps) > 1:
         st.select_slider("Snapshot at step", steps, key="train_snapshot", help="Scrub through the run.")
     snap = v.snapshots[steps.index(st.session_state["train_snapshot"])]
