@@ -94,3 +94,21 @@ def test_the_emergence_dashboard_draws_the_sessions_snapshots(tmp_path, monkeypa
     at.session_state["train_run"] = FakeRun([take_snapshot(cnn, x[:1], step=0, epoch=0.0)])
     at.run()
     assert "has no emergence measures" in text(at) and len(at.get("plotly_chart")) == 3
+
+
+def test_the_train_form_offers_the_variants_and_counts_the_cnn_and_the_subset():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.switch_page("pages/7_train.py")
+    at.run()
+    assert not at.exception, at.exception
+    at.selectbox(key="train_preset").set_value("demo")
+    at.run()
+    at.selectbox(key="train_arch").set_value("resnet")
+    at.selectbox(key="train_images").set_value(1000)
+    at.run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Parameters"] == "0.14 M" and metrics["Tokens per image"] == "0"  # the demo ResNet: 144,542
+    per_epoch = 1000 // at.session_state["train_batch"]
+    assert int(metrics["Optimiser steps"].replace(",", "")) == round(at.session_state["train_epochs"] * per_epoch)
+    assert at.selectbox(key="train_pos").disabled

@@ -7,7 +7,9 @@ Widget values die when another page is shown; the form keeps a copy in `st.sessi
 from __future__ import annotations
 
 import streamlit as st
+import torch
 
+from vit_core.cnn import CNN_PRESETS, build_model
 from vit_core.costs import Calibration, calibrate, estimate_seconds, model_size, seconds_per_image
 from vit_core.errors import VitCoreError
 from vit_core.limits import current_limits
@@ -30,8 +32,19 @@ BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
 LRS = tuple(
     sorted({1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 1e-2} | {c.lr for c in APP_PRESETS.values()})
 )
+# the Experiments page's variants (vit_core.experiments): architecture, ViT ablations, data budget
+ARCH_LABELS = {"vit": "ViT", "resnet": "ResNet (CNN baseline, about the preset's parameter count)"}
+POS_LABELS = {"learned": "learned", "sincos": "fixed 2-D sine-cosine", "none": "none"}
+POOL_LABELS = {"token": "[CLS] token", "avg": "average of the patches (no [CLS])"}
+REGISTERS = (0, 1, 2, 4, 8)
+TRAIN_SIZES = (0, 1000, 5000, 10000, 20000)  # 0: every training image
 # widget key -> TrainConfig field
 KNOBS = {
+    "train_arch": "arch",
+    "train_pos": "pos_embed_type",
+    "train_pool": "global_pool",
+    "train_regs": "reg_tokens",
+    "train_images": "train_size",
     "train_patch": "patch_size",
     "train_width": "embed_dim",
     "train_depth": "depth",
@@ -114,6 +127,20 @@ def settings_form(info: DataInfo | None) -> TrainConfig | None:
     c[2].slider("Depth L", 1, 12, key="train_depth", help="Transformer blocks.")
     c[3].selectbox("Heads", HEADS, key="train_heads", help="Attention heads per block; D must be divisible by it.")
     c[4].selectbox("MLP ratio", MLP_RATIOS, key="train_mlp", help="Hidden width of each MLP, as a multiple of D.")
+    st.markdown("**Variant** (the Experiments page's comparisons)")
+    c = st.columns(5)
+    c[0].selectbox("Architecture", list(ARCH_LABELS), key="train_arch", format_func=ARCH_LABELS.get)
+    vit = st.session_state["train_arch"] == "vit"
+    c[1].selectbox("Positions", list(POS_LABELS), key="train_pos", format_func=POS_LABELS.get, disabled=not vit)
+    c[2].selectbox("Read-out", list(POOL_LABELS), key="train_pool", format_func=POOL_LABELS.get, disabled=not vit)
+    c[3].selectbox("Registers", REGISTERS, key="train_regs", disabled=not vit, help="Extra learned tokens.")
+    c[4].selectbox(
+        "Training images",
+        TRAIN_SIZES,
+        key="train_images",
+        format_func=lambda n: "all" if n == 0 else f"{n:,} (balanced)",
+        help="A class-balanced subset, the same for the same seed.",
+    )
     st.markdown("**Schedule**")
     c = st.columns(4)
     max_epochs = float(current_limits().max_epochs)
@@ -152,9 +179,14 @@ def settings_form(info: DataInfo | None) -> TrainConfig | None:
     base = APP_PRESETS[ss["train_preset"]]
     changes = {attr: ss[key] for key, attr in KNOBS.items()}
     changes["epochs"] = float(changes["epochs"])
+    changes["class_token"] = changes["global_pool"] == "token"
+    changes["cnn_preset"] = ss["train_preset"] if ss["train_preset"] in CNN_PRESETS else "bundled"
+    if info is not None and changes["train_size"] > info.train_size:
+        st.error(f"This data has {info.train_size:,} training images: choose fewer training images.")
+        return None
     cfg = base.replace(img_size=img, **changes)
     if info is not None:
-        steps_per_epoch, total = cfg.steps(info.train_size)
+        steps_per_epoch, total = cfg.steps(cfg.train_size or info.train_size)
         # About a dozen points on the test curve, but not more often than every half epoch.
         cfg = cfg.replace(eval_every=max(1, total // 12, steps_per_epoch // 2))
     try:
@@ -169,15 +201,18 @@ def summary(cfg: TrainConfig, info: DataInfo) -> None:
     """Parameter count, tokens per image, steps and the time estimate, before anything starts (arithmetic only)."""
     k = len(info.class_names)
     params, tokens = model_size(cfg, k)
-    steps_per_epoch, total = cfg.steps(info.train_size)
+    if cfg.arch != "vit":  # the CNN baseline has no tokens; the time estimate stays the ViT's of this shape
+        params, tokens = cnn_params(cfg, k), 0
+    train_size = cfg.train_size or info.train_size
+    steps_per_epoch, total = cfg.steps(train_size)
     speed = server_speed()
     spi = seconds_per_image(cfg, speed, k)
     eval_size = min(EVAL_SIZE, info.test_size)
-    est = estimate_seconds(cfg, spi, info.train_size, eval_size, info.test_size)
+    est = estimate_seconds(cfg, spi, train_size, eval_size, info.test_size)
     c = st.columns(4)
     c[0].metric("Parameters", fmt_params(params))
     c[1].metric("Tokens per image", f"{tokens}", help=f"({cfg.img_size}/{cfg.patch_size})² patches + [CLS]")
-    c[2].metric("Optimiser steps", f"{total:,}", help=f"{steps_per_epoch:,} per epoch of {info.train_size:,} images")
+    c[2].metric("Optimiser steps", f"{total:,}", help=f"{steps_per_epoch:,} per epoch of {train_size:,} images")
     c[3].metric("Estimated time", fmt_duration(est))
     st.caption(
         f"The estimate counts the model's floating-point operations ({spi * speed.flops_per_s / 1e6:,.0f} MFLOP per "
@@ -186,6 +221,12 @@ def summary(cfg: TrainConfig, info: DataInfo) -> None:
         f"times {total * cfg.batch_size:,} training images, plus the evaluations. Other work on the server, "
         "including other people's runs, makes it longer."
     )
+
+
+def cnn_params(cfg: TrainConfig, num_classes: int) -> int:
+    """Parameters of the CNN baseline `cfg` trains (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return build_model(cfg.model_config(num_classes)).num_params()
 
 
 def new_run_form() -> None:
