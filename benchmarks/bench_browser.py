@@ -47,7 +47,7 @@ OBSERVER_JS = """() => {
   window.__mutations = 0;
   const target = document.querySelector('[data-testid="stMain"]') || document.body;
   if (window.__obs) window.__obs.disconnect();
-  window.__obs = new MutationObserver(() => { window.__lastMutation = performance.now(); window.__mutations++; });
+  window.__obs = new MutationObserver((ms) => { window.__lastMutation = performance.now(); window.__mutations += ms.length; });
   window.__obs.observe(target, {subtree: true, childList: true, attributes: true, characterData: true});
 }"""
 
@@ -101,17 +101,24 @@ class AttentionPage:
     def __init__(self, browser, url: str, width: int, quiet_ms: int) -> None:
         self.pg = browser.new_page(viewport={"width": width, "height": 1000})
         self.quiet_ms = quiet_ms
+        self.received = 0  # bytes the server sent over the websocket (figures, elements)
+        self.pg.on("websocket", lambda ws: ws.on("framereceived", self._count))
         self.pg.goto(url)
-        self._wait_idle()
+        self._wait_idle(timeout_s=300)  # the first run loads the model: slow on a busy machine
         self.switch()  # opens the page and warms the caches
         self.n = {a: 0 for a in ACTIONS}
 
-    def _wait_idle(self, timeout_s: float = 60.0) -> None:
+    def _count(self, payload: bytes | str) -> None:
+        self.received += len(payload)
+
+    def _wait_idle(self, timeout_s: float = 180.0) -> None:
         self.pg.wait_for_selector(SCRIPT_IDLE, timeout=timeout_s * 1000)
 
     def _measure(self, act) -> float:
-        """Seconds from `act()` to the last mutation, once the run is over and the page is quiet."""
+        """Seconds from `act()` to the last mutation, once the run is over and the page is quiet;
+        the bytes received and DOM mutations it caused go to `self.last_cost`."""
         self.pg.evaluate(OBSERVER_JS)
+        sent = self.received
         t0 = self.pg.evaluate("() => performance.now()")
         act()
         time.sleep(0.05)
@@ -124,6 +131,7 @@ class AttentionPage:
             time.sleep(max(0.02, (self.quiet_ms - quiet) / 1000))
         else:
             return float("nan")
+        self.last_cost = (self.received - sent, self.pg.evaluate("() => window.__mutations"))
         return (self.pg.evaluate("() => window.__lastMutation") - t0) / 1000
 
     def _nav(self, label: str) -> None:
@@ -137,9 +145,8 @@ class AttentionPage:
 
     def slider(self) -> float:
         thumb = self.pg.get_by_role("slider", name="Layer").first
-        thumb.focus()
         key = "ArrowLeft" if self.n["slider"] % 2 == 0 else "ArrowRight"
-        return self._measure(lambda: self.pg.keyboard.press(key))
+        return self._measure(lambda: thumb.press(key))
 
     def click(self) -> float:
         box = self.pg.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
@@ -151,10 +158,12 @@ class AttentionPage:
         time.sleep(0.2)
         return self._measure(lambda: self.pg.mouse.click(x, y))
 
-    def run(self, action: str) -> float:
+    def run(self, action: str) -> tuple[float, int, int]:
+        """(seconds to idle, bytes received, DOM mutations) of one input."""
+        self.last_cost = (0, 0)
         t = getattr(self, action)()
         self.n[action] += 1
-        return t
+        return (t, *self.last_cost)
 
 
 def main() -> None:
@@ -184,7 +193,7 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         stack.callback(browser.close)
         pages = {name: AttentionPage(browser, url, args.width, args.quiet) for name, url in urls.items()}
-        times: dict[str, dict[str, list[float]]] = {name: {a: [] for a in ACTIONS} for name in pages}
+        times: dict[str, dict[str, list[tuple[float, int, int]]]] = {name: {a: [] for a in ACTIONS} for name in pages}
         for r in range(args.warmup + args.rounds):
             for action in ACTIONS:
                 for name, page in pages.items():
@@ -192,11 +201,21 @@ def main() -> None:
                     if r >= args.warmup:
                         times[name][action].append(t)
         print(f"Attention page, bundled model, sample image, {args.width} px wide; {args.rounds} rounds")
-        print(f"seconds from input to idle: median [min - max]; load average {os.getloadavg()[0]:.1f}")
+        print(
+            "seconds from input to idle: median [min - max]; then the median kB received and DOM mutations "
+            f"(independent of the machine's load); load average {os.getloadavg()[0]:.1f}"
+        )
         for name, per in times.items():
-            cells = [
-                f"{a} {statistics.median(v):.3f} [{min(v):.2f}-{max(v):.2f}]" for a, v in per.items() if len(v) > 0
-            ]
+            cells = []
+            for a, v in per.items():
+                ok = [t for t, _, _ in v if t == t]  # NaN: the input changed nothing within 60 s
+                lost = f", {len(v) - len(ok)} NaN" if len(ok) < len(v) else ""
+                kb = statistics.median(b for _, b, _ in v) / 1000 if v else 0.0
+                muts = statistics.median(m for _, _, m in v) if v else 0
+                if ok:
+                    cells.append(
+                        f"{a} {statistics.median(ok):.3f} s [{min(ok):.2f}-{max(ok):.2f}{lost}] {kb:.0f} kB {muts:.0f} mut"
+                    )
             print(f"  {name:>14}: " + " · ".join(cells))
 
 

@@ -47,7 +47,7 @@ stages = [
         "5. Head", f"{cfg.num_classes} classes", "LayerNorm + Linear<br>on [CLS]", f"{params['head']:,} parameters"
     ),
 ]
-chart(vp.pipeline_figure(stages), key="pipeline")
+chart(vp.pipeline_figure(stages, cols=3), key="pipeline")  # two rows: six boxes in one overflow below ~1500 px
 st.caption(
     f"{params['total']:,} parameters in all; one encoder block has {params['block']:,}. "
     f"Every block keeps the shape {N} x {D}: attention mixes information between tokens, the MLP works on each token alone."
@@ -68,17 +68,12 @@ st.markdown(
     "training set's mean and standard deviation. The dashed box shows the part of your image the model sees."
 )
 c1, c2, c3 = st.columns([3, 2, 3])
-with c1:
-    chart(
-        vp.crop_figure(
-            cur.prep.thumbnail,
-            cur.prep.crop_box,
-            title=f"original {cur.prep.original_size[0]}x{cur.prep.original_size[1]}",
-        ),
-        key="crop",
-    )
+with c1:  # titles as text above the figures: a plotly title is cut off in a narrow column
+    st.markdown(f"**original** {cur.prep.original_size[0]}x{cur.prep.original_size[1]}")
+    chart(vp.crop_figure(cur.prep.thumbnail, cur.prep.crop_box), key="crop")
 with c2:
-    chart(vp.image_figure(cur.prep.resized, title=f"resized + cropped: {W}x{H}"), key="resized")
+    st.markdown(f"**resized + cropped** {W}x{H}")
+    chart(vp.image_figure(cur.prep.resized), key="resized")
 with c3:
     st.markdown("**normalised** (per channel)")
     st.latex(r"x' = \frac{x/255 - \mu}{\sigma}")

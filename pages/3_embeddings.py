@@ -44,43 +44,59 @@ with c2:
     st.caption("The Linear's weight is the Conv2d's weight reshaped from (D, C, P, P) to (D, C·P·P).")
 
 st.subheader("What the projection looks for: its filters")
-f = compute.filters(cur)
-VIEWS = ["principal components (paper, Figure 7 left)", "raw filters"]
-kept("filters_view", VIEWS[0], VIEWS)
-view = st.radio(
-    "Show",
-    VIEWS,
-    horizontal=True,
-    key="filters_view",
-)
-if view.startswith("principal"):
-    k = f["pca"].shape[0]
-    ratio = f["ratio"]
-    st.markdown(
-        f"The {D} filters are {D} points in a {C * P * P}-dimensional space. Their top **{k} principal components**, "
-        f"each reshaped to a {P}x{P} colour patch and stretched to [0, 1], show the basis the model uses to "
-        f"describe a patch: in trained ViTs they look like smooth colour and edge patterns (Gabor-like). Together they "
-        f"explain {ratio.sum() * 100:.0f}% of the filters' variance."
+
+
+@st.fragment  # the view switch reruns this section alone
+def filters_view() -> None:
+    f = compute.filters(cur)
+    VIEWS = ["principal components (paper, Figure 7 left)", "raw filters"]
+    kept("filters_view", VIEWS[0], VIEWS)
+    view = st.radio(
+        "Show",
+        VIEWS,
+        horizontal=True,
+        key="filters_view",
     )
-    labels = [f"component {i + 1}: {r * 100:.1f}% of the variance" for i, r in enumerate(ratio)]
-    chart(vp.filters_figure(f["pca"], labels, cols=14), key="filters_pca")
-else:
-    raw = f["raw"]
-    st.markdown(
-        f"The first {min(len(raw), 196)} of the {D} filters as they are, each stretched to [0, 1] on its own. This is the weaker view: single filters are noisy; the components above show the structure."
-    )
-    chart(vp.filters_figure(raw, [f"filter {i}" for i in range(len(raw))], cols=14), key="filters_raw")
+    if view.startswith("principal"):
+        k = f["pca"].shape[0]
+        ratio = f["ratio"]
+        st.markdown(
+            f"The {D} filters are {D} points in a {C * P * P}-dimensional space. Their top **{k} principal components**, "
+            f"each reshaped to a {P}x{P} colour patch and stretched to [0, 1], show the basis the model uses to "
+            f"describe a patch: in trained ViTs they look like smooth colour and edge patterns (Gabor-like). Together they "
+            f"explain {ratio.sum() * 100:.0f}% of the filters' variance."
+        )
+        labels = [f"component {i + 1}: {r * 100:.1f}% of the variance" for i, r in enumerate(ratio)]
+        chart(vp.filters_figure(f["pca"], labels, cols=14), key="filters_pca")
+    else:
+        raw = f["raw"]
+        st.markdown(
+            ("All" if len(raw) <= 196 else "The first 196 of the")
+            + f" {D} filters as they are, each stretched to [0, 1] on its own. This is the weaker view: single filters "
+            "are noisy; the principal components (the other view) show the structure."
+        )
+        chart(vp.filters_figure(raw, [f"filter {i}" for i in range(len(raw))], cols=14), key="filters_raw")
+
+
+filters_view()
 
 st.subheader("The tokens on their way through the layers")
 st.markdown(
     f"After the embedding, every block rewrites the {n} patch tokens. To see {D}-dimensional vectors, take "
-    "their top 3 principal components (per depth, over this image's patches) as red, green and blue. Patches "
-    "with similar tokens get similar colours: early on colour follows the pixels; deeper, it follows what "
-    "the patch is part of."
+    "their top 3 principal components as red, green and blue. Patches with similar tokens get similar colours."
 )
 tv = compute.token_views(cur)
 labels = ["embedding"] + [f"block {i}" for i in range(1, L + 1)]
 chart(vp.token_pca_figure(tv["rgb"], labels, cols=min(7, L + 1)), key="token_pca")
+r2 = tv["from_colour"]
+st.caption(
+    "The components are computed **at each depth separately** (over this image's patches), so red at one depth "
+    "and red at the next are different directions. PCA leaves each component's sign open; here it is flipped to "
+    "agree with the same component one depth before, so colours do not swap for no reason (components can still "
+    f"change order). How much the colours still follow the pixels: a patch's mean colour explains "
+    f"{r2[0] * 100:.0f}% of the embedding's colours and {r2[-1] * 100:.0f}% of block {L}'s "
+    "(linear fit, share of variance)."
+)
 st.markdown(
     "The same tokens as points in their top-2 principal-component plane, coloured by the mean colour of the "
     "patch they came from. Drag the slider to go through the depths; hover a point to see its patch."

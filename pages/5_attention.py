@@ -1,6 +1,7 @@
 """Attention: any layer, head and query; all heads; one head step by step; rollout; class maps; distance; entropy."""
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 import vit_plots as vp
@@ -8,6 +9,7 @@ from ui import compute
 from ui.page import chart, clickable_chart, header, needs_head, prediction_line
 from ui.session import current
 from ui.state import kept
+from vit_core.analysis import map_agreement
 
 cur = current()
 (gh, gw), P, k = cur.grid, cur.patch_size, cur.num_prefix
@@ -28,117 +30,162 @@ st.latex(
     + r"} \text{ per head}"
 )
 
-# kept for the session (leaving the page and coming back), and in the address: layer, head, query
-kept("attn_layer", L, range(1, L + 1), url="layer", describe=lambda v: f"layer {v}")
-kept(
-    "attn_head",
-    "mean",
-    ["mean", *range(h)],
-    url="head",
-    describe=lambda v: "the mean of all heads" if v == "mean" else f"head {v}",
-)
-kept("attn_query", 0, range(N), url="query", describe=lambda v: f"query {labels[v]}")
-kept("roll_fusion", "mean", ["mean", "max", "min"])
-kept("roll_discard", 0.0)
-kept("roll_start", 1, range(1, L + 1))
-kept("dino_mass", 0.6)
-kept("mad_samples", False)
+# One "Display" control for every map on this page; each section below reruns alone when its own
+# widgets change (st.fragment), so a slider step redraws only that section's figures.
+st.session_state.setdefault("attn_display_over", "input")
+st.session_state.setdefault("attn_display_opacity", 0.6)
+st.session_state.setdefault("attn_display_cmap", "Inferno")
+st.session_state.setdefault("attn_display_smooth", True)
+ow, oh = cur.prep.original_size
+with st.popover("Display of the maps", icon=":material/tune:"):
+    st.radio(
+        "Draw the maps over",
+        ["input", "photo"],
+        key="attn_display_over",
+        format_func=lambda v: (
+            f"the model input ({cur.prep.x.shape[-1]}x{cur.prep.x.shape[-2]})"
+            if v == "input"
+            else f"the original image ({ow}x{oh}), the crop the model saw mapped back onto it"
+        ),
+    )
+    st.slider("Opacity of the map", 0.0, 1.0, step=0.05, key="attn_display_opacity")
+    st.selectbox("Colour map", vp.COLORSCALES, key="attn_display_cmap")
+    st.toggle(
+        "Smooth the map",
+        key="attn_display_smooth",
+        help="On: values between patch centres blended (bilinear). Off: the raw grid, one flat block per patch.",
+    )
+on_photo = st.session_state["attn_display_over"] == "photo"
+look = {
+    "alpha": float(st.session_state["attn_display_opacity"]),
+    "colorscale": st.session_state["attn_display_cmap"],
+    "smooth": bool(st.session_state["attn_display_smooth"]),
+}
+photo = compute.original_for_maps(cur) if on_photo else None
+if on_photo and photo["box"] != (0.0, 0.0, float(ow), float(oh)):
+    st.caption("On the original image the dashed box is the part the model saw; outside it the image is dimmed.")
+
+
+def map_over_image(heat: np.ndarray, **kw) -> go.Figure:
+    """A patch map drawn as the Display control says: over the model input or the original photo."""
+    if on_photo:
+        return vp.map_figure(photo["image"], heat, cur.grid, photo["box"], **look, **kw)
+    return vp.overlay_figure(cur.prep.display, heat, cur.grid, P, **look, **kw)
 
 
 def _query_patch(p: int) -> None:
     st.session_state["attn_query"] = k + p
 
 
-c1, c2, c3 = st.columns([2, 1, 1])
-layer = c1.slider("Layer", 1, L, key="attn_layer")
-head = c2.selectbox(
-    "Head",
-    ["mean", *range(h)],
-    key="attn_head",
-    format_func=lambda x: "mean of all heads" if x == "mean" else f"head {x}",
-)
-query = c3.selectbox(
-    "Query token",
-    list(range(N)),
-    key="attn_query",
-    format_func=lambda i: labels[i],
-    help="Or click a patch on the image.",
-)
-
-A = cur.attention(layer - 1)  # (heads, N, N)
-row = A.mean(0)[query] if head == "mean" else A[head, query]
-qpatch = query - k if query >= k else None
-where = (
-    "the class token [CLS]"
-    if query == 0 and k
-    else (f"patch {qpatch} (row {qpatch // gw}, column {qpatch % gw})" if qpatch is not None else labels[query])
-)
-st.markdown(f"**Query: {labels[query]}** · layer {layer} · {'mean of all heads' if head == 'mean' else f'head {head}'}")
-
-c1, c2 = st.columns([1, 1])
-with c1:
-    st.markdown(f"Where {where} looks. Click any patch to make it the query.")
-    clickable_chart(
-        vp.overlay_figure(
-            cur.prep.display,
-            row[k:].reshape(gh, gw),
-            cur.grid,
-            P,
-            colorbar_title="attention",
-            value_name="attention",
-            vmin=0,
-            selected=qpatch,
-            height=430,
-        ),
-        key="attn_image",
-        on_patch=_query_patch,
+@st.fragment
+def query_view() -> None:
+    """Layer, head, query: the map, all heads, one head step by step."""
+    kept("attn_layer", L, range(1, L + 1), url="layer", describe=lambda v: f"layer {v}")
+    kept(
+        "attn_head",
+        "mean",
+        ["mean", *range(h)],
+        url="head",
+        describe=lambda v: "the mean of all heads" if v == "mean" else f"head {v}",
     )
-    if k:
-        st.caption(f"Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1).")
-with c2:
-    st.markdown(f"All {h} heads of layer {layer} for the same query (each tile scaled to its own maximum):")
-    chart(
-        vp.heads_figure(A[:, query, k:].reshape(h, gh, gw), query=qpatch, height=430 if h <= 6 else None),
-        key="attn_heads",
+    kept("attn_query", 0, range(N), url="query", describe=lambda v: f"query {labels[v]}")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    layer = c1.slider("Layer", 1, L, key="attn_layer")
+    head = c2.selectbox(
+        "Head",
+        ["mean", *range(h)],
+        key="attn_head",
+        format_func=lambda x: "mean of all heads" if x == "mean" else f"head {x}",
+    )
+    query = c3.selectbox(
+        "Query token",
+        list(range(N)),
+        key="attn_query",
+        format_func=lambda i: labels[i],
+        help="Or click a patch on the image.",
     )
 
-st.subheader("One head, step by step")
-step_head = 0 if head == "mean" else int(head)
-steps = compute.head_steps(cur, layer - 1, step_head, query)
-st.markdown(
-    f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
-    f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
-    f"softmax, ③ the values are summed with those weights."
-)
-chart(vp.head_steps_figure(steps["scores"], steps["weights"], steps["output"], cur.grid, k), key="attn_steps")
-top = np.argsort(-steps["weights"], kind="stable")[:5]
-s_max = float(steps["scores"].max())
-denom = float(np.exp(steps["scores"] - s_max).sum())
-st.dataframe(
-    {
-        "key token": [labels[j] for j in top],
-        "score q·k/√d": [f"{steps['scores'][j]:.3f}" for j in top],
-        "exp(score − max)": [f"{np.exp(steps['scores'][j] - s_max):.4f}" for j in top],
-        "weight": [f"{steps['weights'][j]:.4f}" for j in top],
-    },
-    hide_index=True,
-)
-j0 = int(top[0])
-st.latex(
-    r"\begin{gathered}w_{\text{"
-    + labels[j0]
-    + r"}} = \frac{e^{"
-    + f"{steps['scores'][j0]:.2f}"
-    + r"}}{\sum_j e^{s_j}} = \frac{"
-    + f"{np.exp(steps['scores'][j0] - s_max):.4f}"
-    + "}{"
-    + f"{denom:.4f}"
-    + "} = "
-    + f"{steps['weights'][j0]:.4f}"
-    + r"\\ \text{(scores shifted by their max }"
-    + f"{s_max:.2f}"
-    + r"\text{ for stability)}\end{gathered}"
-)
+    A = cur.attention(layer - 1)  # (heads, N, N)
+    row = A.mean(0)[query] if head == "mean" else A[head, query]
+    qpatch = query - k if query >= k else None
+    where = (
+        "the class token [CLS]"
+        if query == 0 and k
+        else (f"patch {qpatch} (row {qpatch // gw}, column {qpatch % gw})" if qpatch is not None else labels[query])
+    )
+    st.markdown(
+        f"**Query: {labels[query]}** · layer {layer} · {'mean of all heads' if head == 'mean' else f'head {head}'}"
+    )
+
+    # a photo gets the full width (a wide one would be tiny in half a column), the heads go below it
+    c1, c2 = (st.container(), st.container()) if on_photo else st.columns([1, 1])
+    with c1:
+        st.markdown(f"Where {where} looks. Click any patch to make it the query.")
+        clickable_chart(
+            map_over_image(
+                row[k:].reshape(gh, gw),
+                colorbar_title="attention",
+                value_name="attention",
+                vmin=0,
+                selected=qpatch,
+                height=430,
+            ),
+            key="attn_image",
+            on_patch=_query_patch,
+        )
+        if k:
+            st.caption(
+                f"Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1)."
+            )
+    with c2:
+        st.markdown(f"All {h} heads of layer {layer} for the same query (each tile scaled to its own maximum):")
+        chart(
+            vp.heads_figure(
+                A[:, query, k:].reshape(h, gh, gw), query=qpatch, height=430 if h <= 6 and not on_photo else None
+            ),
+            key="attn_heads",
+        )
+
+    st.subheader("One head, step by step")
+    step_head = 0 if head == "mean" else int(head)
+    steps = compute.head_steps(cur, layer - 1, step_head, query)
+    st.markdown(
+        f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
+        f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
+        f"softmax, ③ the values are summed with those weights."
+    )
+    chart(vp.head_steps_figure(steps["scores"], steps["weights"], steps["output"], cur.grid, k), key="attn_steps")
+    top = np.argsort(-steps["weights"], kind="stable")[:5]
+    s_max = float(steps["scores"].max())
+    denom = float(np.exp(steps["scores"] - s_max).sum())
+    st.dataframe(
+        {
+            "key token": [labels[j] for j in top],
+            "score q·k/√d": [f"{steps['scores'][j]:.3f}" for j in top],
+            "exp(score − max)": [f"{np.exp(steps['scores'][j] - s_max):.4f}" for j in top],
+            "weight": [f"{steps['weights'][j]:.4f}" for j in top],
+        },
+        hide_index=True,
+    )
+    j0 = int(top[0])
+    st.latex(
+        r"\begin{gathered}w_{\text{"
+        + labels[j0]
+        + r"}} = \frac{e^{"
+        + f"{steps['scores'][j0]:.2f}"
+        + r"}}{\sum_j e^{s_j}} = \frac{"
+        + f"{np.exp(steps['scores'][j0] - s_max):.4f}"
+        + "}{"
+        + f"{denom:.4f}"
+        + "} = "
+        + f"{steps['weights'][j0]:.4f}"
+        + r"\\ \text{(scores shifted by their max }"
+        + f"{s_max:.2f}"
+        + r"\text{ for stability)}\end{gathered}"
+    )
+
+
+query_view()
 
 st.subheader("Attention rollout: follow attention through all layers")
 st.markdown(
@@ -151,26 +198,34 @@ st.markdown(
 st.latex(
     r"\hat A_\ell = \mathrm{norm}\!\left(\tfrac12\,\mathrm{fuse}_\text{heads}(A_\ell) + \tfrac12 I\right),\quad J = \hat A_{L}\cdots\hat A_{\text{start}},\quad \text{map} = J_{\text{CLS},\,\text{patches}}"
 )
-c1, c2 = st.columns([1, 2])
-with c1:
-    fusion = st.radio("Head fusion", ["mean", "max", "min"], horizontal=True, key="roll_fusion")
-    discard = st.slider(
-        "Discard ratio",
-        0.0,
-        0.95,
-        step=0.05,
-        key="roll_discard",
-        help="Share of the weakest patch weights set to 0 in each row, per layer.",
-    )
-    start = st.slider("Start layer", 1, L, key="roll_start")
-with c2:
-    roll = compute.rollout(cur, fusion, float(discard), int(start) - 1)
-    chart(
-        vp.overlay_figure(
-            cur.prep.display, roll, cur.grid, P, colorbar_title="rollout", value_name="rollout", vmin=0, height=400
-        ),
-        key="roll_map",
-    )
+
+
+@st.fragment
+def rollout_view() -> None:
+    kept("roll_fusion", "mean", ["mean", "max", "min"])
+    kept("roll_discard", 0.0)
+    kept("roll_start", 1, range(1, L + 1))
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        fusion = st.radio("Head fusion", ["mean", "max", "min"], horizontal=True, key="roll_fusion")
+        discard = st.slider(
+            "Discard ratio",
+            0.0,
+            0.95,
+            step=0.05,
+            key="roll_discard",
+            help="Share of the weakest patch weights set to 0 in each row, per layer.",
+        )
+        start = st.slider("Start layer", 1, L, key="roll_start")
+    with c2:
+        roll = compute.rollout(cur, fusion, float(discard), int(start) - 1)
+        chart(
+            map_over_image(roll, colorbar_title="rollout", value_name="rollout", vmin=0, height=400),
+            key="roll_map",
+        )
+
+
+rollout_view()
 
 st.subheader("Class-specific map: what speaks for one class")
 st.markdown(
@@ -181,27 +236,58 @@ st.markdown(
 st.latex(
     r"\bar A_\ell = \mathbb{E}_\text{heads}\!\left[\left(\nabla_{A_\ell} y_c \odot A_\ell\right)^+\right],\qquad R \leftarrow R + \bar A_\ell R,\quad R_0 = I"
 )
-if needs_head(cur, "A class-specific map"):
+
+
+@st.fragment
+def class_view() -> None:
+    """Two classes' maps side by side, on one colour scale."""
     classes = list(range(len(cur.class_names)))
     order = list(vp.top_k(cur.prep.probs, len(classes)))
     kept("chefer_class", order[0], classes)
-    c1, c2 = st.columns([1, 2])
+    st.session_state.setdefault("chefer_class_b", order[min(1, len(order) - 1)])
+    if st.session_state["chefer_class_b"] not in classes:
+        st.session_state["chefer_class_b"] = order[min(1, len(order) - 1)]
+
+    def name(c: int) -> str:
+        return f"{cur.class_names[c]} ({cur.prep.probs[c] * 100:.1f}%)"
+
+    c1, c2 = st.columns(2)
     target = c1.selectbox(
-        "Class",
-        order,
-        key="chefer_class",
-        format_func=lambda c: f"{cur.class_names[c]} ({cur.prep.probs[c] * 100:.1f}%)",
-        help="Sorted by the model's probability.",
+        "Class", order, key="chefer_class", format_func=name, help="Sorted by the model's probability."
     )
-    c1.caption("Compare the predicted class with the runner-up: the maps often point at different parts of the image.")
-    cmap = compute.class_map(cur, int(target))
-    with c2:
-        chart(
-            vp.overlay_figure(
-                cur.prep.display, cmap, cur.grid, P, colorbar_title="relevance", value_name="relevance", height=400
-            ),
-            key="chefer_map",
+    other = c2.selectbox(
+        "Compare with", order, key="chefer_class_b", format_func=name, help="Its map is drawn next to the first."
+    )
+    maps = [compute.class_map(cur, int(c)) for c in (target, other)]
+    fig = vp.compare_maps_figure(
+        photo["image"] if on_photo else cur.prep.display,
+        maps,
+        [cur.class_names[int(c)] for c in (target, other)],
+        cur.grid,
+        photo["box"] if on_photo else None,
+        colorbar_title="relevance",
+        value_name="relevance",
+        **look,
+    )
+    lo, hi = fig.layout.meta["vmin"], fig.layout.meta["vmax"]
+    agree = map_agreement(maps[0], maps[1])
+    total = [float(m.sum()) for m in maps]
+    chart(fig, key="chefer_map")
+    st.caption(
+        f"Both maps share **one colour scale** ({lo:.3g} to {hi:.3g}, one colour bar): the same colour is the same "
+        f"relevance in both, so a fainter map speaks less for its class. Total relevance: "
+        f"{cur.class_names[int(target)]} {total[0]:.3g}, {cur.class_names[int(other)]} {total[1]:.3g}. "
+        + (
+            "The two maps are identical: the same class twice."
+            if int(target) == int(other)
+            else f"Their top {agree.top_k} patches overlap in {agree.top_overlap * 100:.0f}% "
+            + (f"(rank correlation {agree.spearman:.2f})." if agree.spearman == agree.spearman else ".")
         )
+    )
+
+
+if needs_head(cur, "A class-specific map"):
+    class_view()
 
 st.subheader("The last layer's heads, DINO style")
 st.markdown(
@@ -209,10 +295,23 @@ st.markdown(
     "head, the fewest patches that together hold a share of its attention, and hide the rest. In well-trained "
     "models different heads pick out different objects or parts."
 )
-c1, c2 = st.columns([1, 2])
-mass = c1.slider("Keep this share of each head's attention", 0.1, 1.0, step=0.05, key="dino_mass")
-with c2:
-    chart(vp.heads_figure(compute.last_heads(cur, float(mass))), key="dino_heads")
+
+
+@st.fragment
+def dino_view() -> None:
+    kept("dino_mass", 0.6)
+    c1, c2 = st.columns([1, 2])
+    mass = c1.slider("Keep this share of each head's attention", 0.1, 1.0, step=0.05, key="dino_mass")
+    with c2:
+        heads = compute.last_heads(cur, float(mass))
+        if on_photo:
+            fig = vp.heads_on_image_figure(photo["image"], heads, photo["box"], **look)
+        else:
+            fig = vp.heads_figure(heads, colorscale=look["colorscale"])
+        chart(fig, key="dino_heads")
+
+
+dino_view()
 
 st.subheader("How far does each head look?")
 st.markdown(
@@ -225,11 +324,25 @@ st.latex(
     r"\begin{gathered}\text{MAD} = \frac1n\sum_{q} \sum_{t} \tilde A_{qt}\,\lVert \mathrm{pos}_q - \mathrm{pos}_t \rVert \cdot P,"
     r"\\ \tilde A = A \text{ over patch keys, rows renormalised}\end{gathered}"
 )
-n_samples = len(compute.sample_files())
-over_samples = st.toggle(f"Average over the {n_samples} sample images instead of this image", key="mad_samples")
+
+
+@st.fragment
+def distance_view() -> None:
+    kept("mad_samples", False)
+    n_samples = len(compute.sample_files())
+    over_samples = st.toggle(f"Average over the {n_samples} sample images instead of this image", key="mad_samples")
+    hm = compute.head_maps(cur)
+    distance = compute.sample_mean_distance(cur) if over_samples else hm["distance"]
+    chart(vp.mean_distance_figure(distance, image_extent=float(max(cur.prep.x.shape[-2:]))), key="attn_distance")
+    first, last = distance[0], distance[-1]
+    st.caption(
+        f"This model{' over the samples' if over_samples else ''}: the heads of layer 1 look {first.min():.1f} to "
+        f"{first.max():.1f} px far on average, those of layer {L} {last.min():.1f} to {last.max():.1f} px."
+    )
+
+
+distance_view()
 hm = compute.head_maps(cur)
-distance = compute.sample_mean_distance(cur) if over_samples else hm["distance"]
-chart(vp.mean_distance_figure(distance, image_extent=float(max(cur.prep.x.shape[-2:]))), key="attn_distance")
 st.markdown(
     "**Entropy** of each head's attention, averaged over queries: 0 means each query looks at one token, log N (uniform) means it looks everywhere equally."
 )

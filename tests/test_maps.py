@@ -273,3 +273,20 @@ def test_attention_maps_over_the_uploaded_photo_and_two_classes_on_one_scale():
     assert any("one colour scale" in c.value for c in at.caption)
     # the DINO heads over the photo too
     assert charts[5]["data"][0]["type"] == "image"
+
+
+def test_embeddings_page_wording_filters_and_per_depth_colours():
+    """No "the first 192 of the 192 filters"; the token colours say they are per depth, signs aligned."""
+    from tests.test_app import ok, start
+
+    at = start()
+    at.switch_page("pages/3_embeddings.py").run()
+    ok(at)
+    caption = " ".join(c.value for c in at.caption)
+    assert "at each depth separately" in caption and "flipped to agree" in caption
+    assert "% of the embedding's colours" in caption  # measured, not asserted
+    at.radio(key="filters_view").set_value("raw filters").run()
+    ok(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "filters as they are" in text
+    assert "The first 192 of the 192" not in text and "All 192 filters" in text
