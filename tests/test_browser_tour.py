@@ -65,6 +65,15 @@ def query_label(pg) -> str:
     return text.split("·")[0].strip()
 
 
+def wait_for_text(pg, testid: str, text: str) -> None:
+    """Wait until the element `data-testid=testid` shows `text` (a rerun on a loaded machine takes a while)."""
+    pg.wait_for_function(
+        "([id, t]) => (document.querySelector(`[data-testid=\"${id}\"]`) || {innerText: ''}).innerText.includes(t)",
+        arg=[testid, text],
+        timeout=120_000,
+    )
+
+
 def click_map(pg, fx: float, fy: float) -> None:
     x, y = map_point(pg, fx, fy)
     pg.mouse.move(x, y)
@@ -118,10 +127,10 @@ def test_back_to_the_samples_after_an_upload(page, tmp_path):
     shutil.copy(ROOT / "assets" / "samples" / "photos" / "coffee.jpg", photo)
     upload(page, photo)
     sidebar = page.locator('[data-testid="stSidebar"]')
-    assert "Now showing: upload: my coffee.jpg" in sidebar.inner_text()
+    wait_for_text(page, "stSidebar", "Now showing: upload: my coffee.jpg")
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Sample image").click()
     page.get_by_role("option", name="CIFAR-10: cat", exact=True).click()
-    time.sleep(0.5)
+    wait_for_text(page, "stSidebar", "Now showing: CIFAR-10: cat")
     idle(page)
     assert "Now showing: CIFAR-10: cat" in sidebar.inner_text()
     assert "image: CIFAR-10: cat" in main_text(page)
@@ -133,6 +142,7 @@ def test_a_file_that_is_not_an_image_is_named_where_the_user_looks(page, tmp_pat
     bad = tmp_path / "holiday.png"
     bad.write_text("this is a text file, not a picture")
     upload(page, bad)
+    wait_for_text(page, "stMain", "holiday.png was not used")
     alert = page.locator('[data-testid="stMain"] [data-testid="stAlert"]').filter(has_text="holiday.png was not used")
     assert alert.count() == 1
     box = alert.bounding_box()
