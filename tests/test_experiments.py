@@ -276,10 +276,14 @@ def test_tables_and_findings_report_what_the_numbers_say(tmp_path):
     assert "after block 4" in f["logit_lens"]
     # the other way round: the CNN behind, and positions that matter
     res["resnet_n1000"]["test_acc"] = 0.2
-    res["resnet_n10000"]["test_acc"] = 0.3
+    res["resnet_n10000"]["test_acc"] = 0.22
     res["vit_n10000_pos_none"]["test_acc"] = 0.30
     f = ex.findings(res)
     assert "not ahead at any size" in f["data_size"] and "Positions help" in f["pos_none"]
+    assert "ResNet's accuracy by less than 5 points" in f["data_size"] and "ViT and" not in f["data_size"]
+    assert "barely specialised" not in f["distance"]
+    res["vit_n10000"]["measures"]["mean_attention_distance"] = [16.4, 16.6, 16.5, 16.5]  # attention spread evenly
+    assert "barely specialised" in ex.findings(res)["distance"]
     assert ex.findings({}) == {}
 
 
