@@ -30,6 +30,7 @@ from vit_core.experiments import (  # noqa: E402
     RESULTS_DIR,
     TEST_IMAGES,
     baseline_key,
+    load_results,
     machine_info,
     model_measures,
     result_path,
@@ -51,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=50, help="steps between training-state saves")
     p.add_argument("--only", nargs="*", default=None, help="run keys to run (default: all)")
     p.add_argument("--list", action="store_true", help="print the plan and what is finished, then exit")
+    p.add_argument("--table", action="store_true", help="print the finished runs as a markdown table, then exit")
     args = p.parse_args(argv)
     plan = [r for r in sweep_plan() if args.only is None or r.key in args.only]
+    if args.table:
+        print_table(args.results)
+        return 0
     if args.list:
         for r in plan:
             done = result_path(r.key, args.results).is_file()
@@ -77,6 +82,23 @@ def main(argv: list[str] | None = None) -> int:
         run_one(r, train, test, probe, Path(args.runs), args.results, args.save_every, " ".join(sys.argv))
     export_cnn(Path(args.runs), Path(args.results))
     return 0
+
+
+def print_table(results: str) -> None:
+    """The finished runs as the markdown table of assets/README.md."""
+    print(
+        "| run | params | test acc | train s | wall s | load avg (start, 1 min) | MAD block 1 / last (px) | pos. structure |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for key, d in sorted(load_results(results).items()):
+        m = d["measures"]
+        mad = m.get("mean_attention_distance") or m.get("receptive_field_distance") or []
+        score = m.get("position_structure_score")
+        print(
+            f"| {key} | {d['params']:,} | {100 * d['test_acc']:.1f}% | {d['train_seconds']:.0f} | "
+            f"{d['wall_seconds_this_session']:.0f} | {d['machine_start']['load_average'][0]} | "
+            f"{mad[0]:.1f} / {mad[-1]:.1f} | {'' if score is None else f'{score:.3f}'} |"
+        )
 
 
 def export_cnn(runs: Path, results: Path) -> None:
