@@ -171,8 +171,7 @@ if summary is not None:
     win_d, win_i = lab.wins(da, ia)
     mean_score = ia.mean(0) - da.mean(0)
     order_set = np.argsort(-mean_score, kind="stable")
-    c1, c2 = st.columns([3, 2])
-    c1.dataframe(
+    st.dataframe(
         {
             "method": [sm[j] for j in order_set],
             "mean deletion ↓": [f"{da[:, j].mean():.3f}" for j in order_set],
@@ -183,6 +182,7 @@ if summary is not None:
         hide_index=True,
         width="stretch",
     )
+    c2 = st.container()
     ri = sm.index("random")
     beat = [(sm[j], float(((da[:, j] < da[:, ri]) & (ia[:, j] > ia[:, ri])).mean())) for j in range(len(sm)) if j != ri]
     best_d = sm[int(np.argmin(da.mean(0)))]

@@ -530,8 +530,8 @@ def area_bars_figure(
         "yaxis": {"title": {"text": "mean area"}, "rangemode": "tozero"},
         "yaxis2": {"anchor": "x2", "rangemode": "tozero"},
         "annotations": [
-            _title(f"Deletion, mean of {B} images (lower is better)", 0.235),
-            _title(f"Insertion, mean of {B} images (higher is better)", 0.765),
+            _title(f"Deletion, mean of {B} (lower is better)", 0.235),
+            _title(f"Insertion, mean of {B} (higher is better)", 0.765),
         ],
     }
     return figure(data, layout)
