@@ -51,3 +51,28 @@ def test_bundled_model_reports_its_formed_grid():
     text = _texts(at)
     assert "+0.75 more similar" in text and "the grid structure has formed" in text
     assert np.isfinite(0.75)
+
+
+class _RunningRun:
+    """Stands in for this session's training run: the badge reads only `view()`."""
+
+    def view(self):
+        from types import SimpleNamespace
+
+        from vit_core.runs import TRAINING
+
+        return SimpleNamespace(status=TRAINING, progress=0.5, step=50, total_steps=100, active=True, queue_position=0)
+
+
+def test_every_page_shows_the_training_badge_while_a_run_of_this_session_trains():
+    from ui.training.lease import RUN_KEY
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["model_choice"] = "untrained"
+    at.session_state[RUN_KEY] = _RunningRun()
+    at.run()
+    at.run()
+    at.switch_page("pages/5_attention.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = " ".join(str(getattr(e, "proto", "")) for e in at.sidebar)
+    assert "Training: 50% (step 50 of 100)" in shown

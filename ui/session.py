@@ -12,6 +12,7 @@ from .images import choose_sample_by_slug, image_picker, refused_upload_message,
 from .models import model_picker
 from .selection import Current
 from .state import end_url_run, read_link, set_url, take_link_param
+from .training.badge import running_badge
 
 _CURRENT = "_current"  # set by sidebar(): this run's Current, or why the model cannot run on the image
 
@@ -30,6 +31,7 @@ def sidebar() -> Current | None:
     """
     read_link()
     notes = _apply_link()
+    running_badge()  # while this session's training run is active: a link back to the Train page
     st.sidebar.header("Model")
     loaded = model_picker()
     st.sidebar.header("Image")
