@@ -304,7 +304,7 @@ def _set_preset(preset: str) -> None:
 
 def truth(lesson: Lesson, i: int, cur: Current) -> Answer | str:
     """The answer to step i's question on the model and image in use (computed once), or why it cannot be."""
-    key = (lesson.id, i, cur.model_id, cur.image_key)
+    key = (lesson.id, i, cur.model_id, cur.image_key, id(Answer))  # id(Answer): recomputed after a code reload
     store: dict = st.session_state.setdefault(_TRUTHS, {})
     if key not in store:
         q = lesson.steps[i].question
@@ -519,7 +519,7 @@ def _panel(lesson: Lesson, i: int, cur: Current | None, page: str, box, presente
                 c[1].button("Next", key="lesson_next", type="primary", on_click=enter, args=(i + 1,), width="stretch")
             else:
                 c[1].button("Finish", key="lesson_finish", type="primary", on_click=finish, width="stretch")
-            c = st.columns(2) if presenter else [st.container(), st.container()]
+            c = [st.container(), st.container()]
             c[0].toggle(
                 "Presenter mode", key=PRESENTER_KEY, on_change=_to_top, help="Larger type, no sidebar: for a projector."
             )

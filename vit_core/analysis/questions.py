@@ -661,7 +661,7 @@ def score(
     Args:
         truth: an `Answer`, or the true value (then click_patch needs `grid`).
     """
-    if isinstance(truth, Answer):
+    if isinstance(truth, Answer) or type(truth).__name__ == "Answer":  # also one made before a module reload
         grid = grid or truth.grid
         truth = truth.value
     if kind == "click_patch":
