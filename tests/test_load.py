@@ -101,5 +101,7 @@ def test_a_small_class_in_classroom_mode_attackers_are_refused_and_nothing_is_le
     assert h["count"] == 2 and h["correct"] == 2, [r for r in report["results"] if r["role"] == "tour"]
     assert math.isfinite(h["page_p95_s"])
     assert report["left_behind"] == [] and report["disk_after_bytes"] == report["disk_before_bytes"]
-    assert report["rss_peak_mib"] < report["rss_before_mib"] + 400  # a 40 MP decode alone is 120 MiB
+    # MiB, the server's peak: ~500 with torch and the app loaded (the 30-session class peaked at 561);
+    # the 40 MP image once cost +538 MiB on its own
+    assert report["rss_peak_mib"] < 900
     assert class_ok(report)
