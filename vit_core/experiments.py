@@ -453,8 +453,8 @@ def findings(results: dict[str, dict[str, Any]], noise_points: float = 2.0) -> d
         first = next((i for i, a in enumerate(lens) if a >= 0.9 * final), len(lens) - 1)
         where = "after the embedding" if first == 0 else f"after block {first}"
         out["logit_lens"] = (
-            f"Reading the baseline's [CLS] token through the head, accuracy reaches 90% of its final "
-            f"{_pct(final)} {where} (of {len(lens) - 1} blocks): the answer forms in the "
+            f"Reading the baseline's [CLS] token through the head, accuracy on the {MEASURE_IMAGES} measure images "
+            f"reaches 90% of its final {_pct(final)} {where} (of {len(lens) - 1} blocks): the answer forms in the "
             f"{'last' if first >= len(lens) - 2 else 'middle'} blocks."
         )
     return out
