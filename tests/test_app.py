@@ -132,13 +132,18 @@ def test_navigation_lists_every_page(app):
     ok(first)
     nav = [p["page_name"] for p in first._registered_pages.values() if "page_name" in p]
     assert ("Train" in nav) == (ROOT / "pages" / "7_train.py").exists(), nav
-    assert [n for n in nav if n != "Train"] == [
+    assert nav == [
         "Overview",
+        "Lessons",
         "Patches",
         "Embeddings",
         "Position embeddings",
         "Attention",
         "Prediction",
+        "Train",
+        "ViT vs CNN",
+        "Which map to trust",
+        "Side by side",
     ]
 
 
