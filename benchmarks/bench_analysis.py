@@ -54,9 +54,9 @@ def groups(model: VisionTransformer, x: torch.Tensor, trace) -> dict[str, Callab
         A.attention_entropy(trace.attentions)
         A.head_computation(model, trace, L - 1, 0, 0)
 
-    def model_views(use_cache: bool) -> None:
+    def model_views() -> None:
         A.embedding_filters(model)
-        A.embedding_filters_pca(model, 28, use_cache=use_cache)
+        A.embedding_filters_pca(model, 28)
         A.position_similarity(model)
 
     def chefer() -> None:
@@ -71,8 +71,7 @@ def groups(model: VisionTransformer, x: torch.Tensor, trace) -> dict[str, Callab
         "trace": lambda: model.trace(x),
         "trace+target": lambda: model.trace(x, target=0),
         "views": views,
-        "model cold": lambda: model_views(False),
-        "model cached": lambda: model_views(True),
+        "model views": model_views,
         "chefer": chefer,
         "what-ifs": whatifs,
     }

@@ -143,19 +143,27 @@ def test_embedding_pca_default_k_is_28_and_capped(models):
     assert float(ratio[-1]) < 1e-6
 
 
-def test_embedding_pca_cache_follows_the_weights(make_vit):
+def test_embedding_pca_follows_the_weights(make_vit):
+    """No process-wide cache: the components always describe the weights as they are now."""
     model = make_vit(3, weight_std=WEIGHT_STD, **CONFIGS["square_cls"])
     first, _ = A.embedding_pca_components(model, 4)
-    assert torch.equal(A.embedding_pca_components(model, 4)[0], first)  # cached, same answer
+    assert torch.equal(A.embedding_pca_components(model, 4)[0], first)  # deterministic
     with torch.no_grad():
         model.patch_embed.proj.weight.mul_(torch.linspace(0.5, 2.0, 16 * 3)[None].reshape(1, 3, 4, 4))
     changed, _ = A.embedding_pca_components(model, 4)
-    assert torch.allclose(changed, A.embedding_pca_components(model, 4, use_cache=False)[0])
     assert not torch.allclose(changed, first, atol=1e-3)
     model.patch_embed.proj.weight.data[0, 0, 0, 0] += 5.0  # .data bypasses the version counter
-    assert torch.allclose(
-        A.embedding_pca_components(model, 4)[0], A.embedding_pca_components(model, 4, use_cache=False)[0]
-    )
+    after, _ = A.embedding_pca_components(model, 4)
+    w = model.patch_embed.proj.weight.detach().double().flatten(1)
+    vh = torch.linalg.svd(w - w.mean(0), full_matrices=False).Vh[:4]  # independent: SVD of the centred filters
+    close(torch.abs((after.double() * vh).sum(-1)), np.ones(4), atol=1e-5)
+
+
+def test_filters_pca_and_variance_come_from_one_pca(make_vit):
+    model = make_vit(5, weight_std=WEIGHT_STD, **CONFIGS["square_cls"])
+    imgs, ratio = A.embedding_filters_pca_and_variance(model, 6)
+    assert torch.equal(imgs, A.embedding_filters_pca(model, 6))
+    assert torch.equal(ratio, A.embedding_pca_components(model, 6)[1])
 
 
 def test_raw_embedding_filters(models):

@@ -320,8 +320,8 @@ def test_snapshot_equals_the_explorer_analyses():
     with torch.no_grad():
         model.eval()
         sim = A.position_similarity(model)
-        filters = A.embedding_filters_pca(model, 28, use_cache=False)
-        _, ratio = A.embedding_pca_components(model, 28, use_cache=False)
+        filters = A.embedding_filters_pca(model, 28)
+        _, ratio = A.embedding_pca_components(model, 28)
         tr = model.trace(probe)
         cls = A.rollout_cls_map(tr.attentions, tr.grid, tr.num_prefix_tokens)[0]
     np.testing.assert_allclose(snap.position_similarity, sim.numpy(), atol=1e-6)

@@ -100,12 +100,8 @@ def stage_params(cur: Current) -> dict[str, int]:
 @st.cache_data(**MODEL_RESULTS)
 def filters(cur: Current, k: int = 28) -> dict[str, np.ndarray]:
     """Raw projection filters (D, P, P, C), their top-k principal components (k, P, P, C), variance ratios."""
-    _, ratio = A.embedding_pca_components(cur.model, k)
-    return {
-        "raw": A.embedding_filters(cur.model).numpy(),
-        "pca": A.embedding_filters_pca(cur.model, k).numpy(),
-        "ratio": ratio.numpy(),
-    }
+    pca, ratio = A.embedding_filters_pca_and_variance(cur.model, k)
+    return {"raw": A.embedding_filters(cur.model).numpy(), "pca": pca.numpy(), "ratio": ratio.numpy()}
 
 
 @st.cache_data(**MODEL_RESULTS)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from .analysis import embedding_pca_components, position_similarity, rollout_cls_map
+from .analysis import embedding_filters_pca_and_variance, position_similarity, rollout_cls_map
 from .analysis._common import scale01
 from .analysis.emergence import emergence_measures
 from .cnn import is_cnn
@@ -82,10 +82,7 @@ def take_snapshot(
         )
     try:
         sim = position_similarity(model)
-        # use_cache=False: the PCA cache is process-wide and other sessions use it from their threads.
-        comps, ratio = embedding_pca_components(model, k, use_cache=False)
-        P, C = model.patch_size, model.patch_embed.proj.weight.shape[1]
-        filters = scale01(rearrange(comps, "k (c p1 p2) -> k p1 p2 c", c=C, p1=P, p2=P), dims=(1, 2, 3))
+        filters, ratio = embedding_filters_pca_and_variance(model, k)
         trace = model.trace(probe)
         cls_map = rollout_cls_map(trace.attentions.float(), trace.grid, trace.num_prefix_tokens)[0]
         probs = trace.logits.float().softmax(-1)[0]

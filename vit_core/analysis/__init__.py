@@ -19,7 +19,13 @@ from .attention import (
     mean_attention_distance,
     rollout_cls_map,
 )
-from .embeddings import embedding_filters, embedding_filters_pca, embedding_pca_components, position_similarity
+from .embeddings import (
+    embedding_filters,
+    embedding_filters_pca,
+    embedding_filters_pca_and_variance,
+    embedding_pca_components,
+    position_similarity,
+)
 from .faithfulness import (
     MapAgreement,
     agreement_matrix,
@@ -67,6 +73,7 @@ __all__ = [
     "deletion_insertion_curves",
     "embedding_filters",
     "embedding_filters_pca",
+    "embedding_filters_pca_and_variance",
     "embedding_pca_components",
     "forward_tokens",
     "fuse_heads",

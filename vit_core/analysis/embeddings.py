@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,72 +29,47 @@ def embedding_filters(model: VisionTransformer) -> Tensor:
     return scale01(rearrange(w, "d c p1 p2 -> d p1 p2 c"), dims=(1, 2, 3))
 
 
-_PCA_CACHE: dict[int, tuple[weakref.ref, tuple, tuple[Tensor, Tensor]]] = {}
-_PCA_CACHE_SIZE = 8
-
-
-def _weights_fingerprint(w: Tensor) -> tuple:
-    """Changes whenever the weight does: in-place version counter plus a float64 checksum
-    (the checksum also catches edits through `.data`, which bypass the counter)."""
-    w64 = w.detach().double()
-    try:
-        version = w._version
-    except RuntimeError:  # inference tensors keep no version counter; the checksum still works
-        version = -1
-    return (version, tuple(w.shape), str(w.dtype), str(w.device), float(w64.sum()), float(w64.square().sum()))
-
-
 @torch.no_grad()
-def embedding_pca_components(model: VisionTransformer, k: int = 28, use_cache: bool = True) -> tuple[Tensor, Tensor]:
+def embedding_pca_components(model: VisionTransformer, k: int = 28) -> tuple[Tensor, Tensor]:
     """Top principal components of the D projection filters, as samples of dimension C*P*P.
 
-    The eigendecomposition (about 0.1-0.3 s for ViT-B/16 on a CPU) depends only on the
-    weights, so results are cached per weight tensor and recomputed when the weights change.
+    (About 0.1-0.3 s for ViT-B/16 on a CPU; the app caches it per model, the library does not.)
 
     Args:
         model: the ViT.
         k: components wanted; min(k, D, C*P*P) are returned.
-        use_cache: reuse a previous result for the same, unchanged weights.
 
     Returns:
         components (k, C*P*P) orthonormal rows in (c, p1, p2) order, sign fixed so that the
         largest-magnitude entry is positive; explained variance ratio (k,) (share of the
         filters' total variance).
     """
-    w = model.patch_embed.proj.weight
-    key = (k, _weights_fingerprint(w))
-    hit = _PCA_CACHE.get(id(w))
-    if use_cache and hit is not None and hit[0]() is w and hit[1] == key:
-        comps, ratio = hit[2]
-        return comps.clone(), ratio.clone()
-    wf = w.detach().float()
+    wf = model.patch_embed.proj.weight.detach().float()
     comps, _, ratio = pca(wf.reshape(wf.shape[0], -1), k)
-    if use_cache:
-        for stale in [i for i, entry in _PCA_CACHE.items() if entry[0]() is None]:
-            del _PCA_CACHE[stale]
-        while len(_PCA_CACHE) >= _PCA_CACHE_SIZE:
-            del _PCA_CACHE[next(iter(_PCA_CACHE))]
-        _PCA_CACHE[id(w)] = (weakref.ref(w), key, (comps, ratio))
-        comps, ratio = comps.clone(), ratio.clone()
     return comps, ratio
 
 
 @torch.no_grad()
-def embedding_filters_pca(model: VisionTransformer, k: int = 28, use_cache: bool = True) -> Tensor:
+def embedding_filters_pca(model: VisionTransformer, k: int = 28) -> Tensor:
     """ViT paper Figure 7 left: the top principal components of the patch filters.
 
     Args:
         model: the ViT.
         k: components (the paper shows 28); min(k, D, C*P*P) are returned.
-        use_cache: see `embedding_pca_components`.
 
     Returns:
         (k, P, P, C), each component min-max scaled to [0, 1].
     """
-    comps, _ = embedding_pca_components(model, k, use_cache)
+    return embedding_filters_pca_and_variance(model, k)[0]
+
+
+@torch.no_grad()
+def embedding_filters_pca_and_variance(model: VisionTransformer, k: int = 28) -> tuple[Tensor, Tensor]:
+    """`embedding_filters_pca` and the explained variance ratio (k,) of each component, from one PCA."""
+    comps, ratio = embedding_pca_components(model, k)
     P, C = model.patch_size, model.patch_embed.proj.weight.shape[1]
     comps = rearrange(comps, "k (c p1 p2) -> k p1 p2 c", c=C, p1=P, p2=P)
-    return scale01(comps, dims=(1, 2, 3))
+    return scale01(comps, dims=(1, 2, 3)), ratio
 
 
 @torch.no_grad()
