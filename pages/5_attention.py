@@ -14,7 +14,7 @@ from vit_core.analysis import map_agreement
 cur = current()
 (gh, gw), P, k = cur.grid, cur.patch_size, cur.num_prefix
 n, N, L, h = cur.num_patches, cur.num_tokens, cur.num_layers, cur.num_heads
-d = cur.cfg.embed_dim // h
+d = cur.cfg.head_dim  # D / h, or the dim_head a student model was built with
 labels = vp.token_labels(k, n)
 header(
     "Step 4: attention, who looks at whom",

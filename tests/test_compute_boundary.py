@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import io
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +123,29 @@ def test_the_caches_key_a_current_by_its_ids(monkeypatch):
     compute.filters(cur_a)
     compute.filters(cur_b)  # the filters are the model's alone: every image shares them
     assert calls["embedding_filters"] == 1
+
+
+@pytest.mark.parametrize("pos", ["learned", "sincos", "none"])
+def test_stage_parameter_counts_add_up_for_every_kind_of_position_embedding(pos):
+    """Fixed sine-cosine or absent positions are buffers: the Overview must not count them as parameters."""
+    from ui import compute
+    from ui.images import image_choice
+    from ui.models import LoadedModel
+    from ui.selection import Current
+    from vit_core import VisionTransformer, ViTConfig
+
+    cfg = ViTConfig(
+        img_size=32,
+        patch_size=8,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        num_classes=3,
+        pos_embed_type=pos,
+        no_embed_class=pos == "sincos",
+    )
+    model = VisionTransformer(cfg).eval()
+    loaded = LoadedModel(model, f"test:{uuid.uuid4().hex}", "test", "tiny")
+    img = image_choice("a", noise_png(3), "upload")
+    counts = compute.stage_params(Current(loaded, img, compute.prepare(loaded, img)))
+    assert counts["patch_embed"] + counts["tokens"] + counts["blocks"] + counts["head"] == model.num_params()

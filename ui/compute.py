@@ -85,7 +85,8 @@ def stage_params(cur: Current) -> dict[str, int]:
         )
 
     m = cur.model
-    tokens = [t for t in (m.cls_token, m.dist_token, m.reg_token, m.pos_embed) if t is not None]
+    # learned tokens only: fixed (sine-cosine) or absent positions are buffers, not parameters
+    tokens = [t for t in (m.cls_token, m.dist_token, m.reg_token, m.pos_embed) if isinstance(t, torch.nn.Parameter)]
     head = [m.norm, m.fc_norm, m.head] + ([m.head_dist] if hasattr(m, "head_dist") else [])
     return {
         "patch_embed": count(m.patch_embed),
