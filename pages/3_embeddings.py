@@ -20,7 +20,23 @@ header(
     f"filter slid over the image without overlap. Implementations (timm, this app) write it as a `Conv2d`.",
 )
 prediction_line(cur)
-st.latex(r"\text{token}_i = x_p^i\,E + b,\qquad E \in \mathbb{R}^{" + str(C * P * P) + r"\times" + str(D) + r"}")
+if getattr(cur.cfg, "patch_norm", False):
+    st.latex(
+        r"\text{token}_i = \mathrm{LN}_D\big(\mathrm{LN}_{"
+        + str(C * P * P)
+        + r"}(x_p^i)\,E + b\big),\qquad E \in \mathbb{R}^{"
+        + str(C * P * P)
+        + r"\times"
+        + str(D)
+        + r"}"
+    )
+    st.caption(
+        "This model normalises each flattened patch before the projection and each token after it "
+        "(vit-pytorch's patch embedding): the filters below act on normalised pixels, and the comparison "
+        "is made on the normalised patches, before the token norm."
+    )
+else:
+    st.latex(r"\text{token}_i = x_p^i\,E + b,\qquad E \in \mathbb{R}^{" + str(C * P * P) + r"\times" + str(D) + r"}")
 
 st.subheader("Conv2d and flatten + Linear are the same map")
 cl = compute.conv_vs_linear(cur)

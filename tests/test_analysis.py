@@ -602,3 +602,22 @@ def test_head_computation_matches_the_trace_for_every_norm_placement(placement: 
                 got = head_computation(model, trace, layer, head, query)["weights"]
                 want = trace.attentions[0, layer, head, query].numpy()
                 assert np.allclose(got, want, atol=1e-5), (placement, layer, head, query)
+
+
+def test_conv_vs_linear_agrees_for_a_patch_embedding_with_layernorms() -> None:
+    """vit-pytorch's LN -> Linear -> LN patch embedding: the Conv2d on the normalised patches equals
+    the Linear, and after the token norm it is what the model feeds the encoder."""
+    from vit_core import VisionTransformer, ViTConfig
+
+    torch.manual_seed(2)
+    cfg = ViTConfig(img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3, patch_norm=True)
+    model = VisionTransformer(cfg).eval()
+    with torch.no_grad():
+        model.patch_embed.pixel_norm.weight.uniform_(0.5, 1.5)
+        model.patch_embed.pixel_norm.bias.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        out = A.conv_vs_linear(model, x)
+        tokens, _ = model.patch_embed(x)
+    assert out["max_abs_diff"] < 1e-5
+    assert torch.allclose(model.patch_embed.norm(out["linear"]), tokens, atol=1e-5)

@@ -96,14 +96,26 @@ def conv_vs_linear(model: VisionTransformer, x: Tensor) -> dict[str, Tensor | fl
         model: the ViT.
         x: (B, C, H, W) preprocessed images.
 
+    A patch embedding with LayerNorms (vit-pytorch: LayerNorm over each flattened patch, the
+    projection, LayerNorm over each token) is compared on the normalised patches, before the
+    token norm: the Conv2d runs on the normalised patches laid back into an image.
+
     Returns:
         'conv' (B, n, D), 'linear' (B, n, D), and 'max_abs_diff' (float, largest absolute
         difference; float rounding only).
     """
-    proj = model.patch_embed.proj
-    conv, _ = model.patch_embed(x)
+    pe = model.patch_embed
+    proj, P = pe.proj, model.patch_size
+    patches = patchify(x, P)  # (B, n, C*P*P), (c p1 p2) order
+    if getattr(pe, "pixel_norm", None) is None:
+        conv, _ = pe(x)
+    else:
+        patches = pe.pixel_norm(patches)
+        gh, gw = x.shape[-2] // P, x.shape[-1] // P
+        image = rearrange(patches, "b (gh gw) (c p1 p2) -> b c (gh p1) (gw p2)", gh=gh, gw=gw, p1=P, p2=P)
+        conv = proj(image).flatten(2).transpose(1, 2)  # (B, n, D)
     weight = proj.weight.reshape(proj.weight.shape[0], -1)  # (D, C*P*P), (c p1 p2) order
-    linear = patchify(x, model.patch_size) @ weight.T
+    linear = patches @ weight.T
     if proj.bias is not None:
         linear = linear + proj.bias
     return {"conv": conv, "linear": linear, "max_abs_diff": float((conv - linear).abs().max())}
