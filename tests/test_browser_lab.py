@@ -22,7 +22,7 @@ from tests._browser_kit import (
     streamlit_server,
 )
 
-pytestmark = pytest.mark.skipif(skip_without_browser(), reason="no Chromium")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(skip_without_browser(), reason="no Chromium")]
 playwright = import_playwright()
 
 LAB = "Which map to trust"

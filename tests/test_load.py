@@ -32,6 +32,17 @@ def _cache_uses(tree: ast.Module):
             yield node.attr, called.get(id(node)), node.lineno
 
 
+def _dict_keys(node: ast.expr, dicts: dict[str, set]) -> set:
+    """The keys of a `**` argument: a module-level dict by name, or a dict literal (with `**` spreads)."""
+    if isinstance(node, ast.Name):
+        return dicts.get(node.id, set())
+    keys: set = set()
+    if isinstance(node, ast.Dict):
+        for k, v in zip(node.keys, node.values):
+            keys |= _dict_keys(v, dicts) if k is None else ({k.value} if isinstance(k, ast.Constant) else set())
+    return keys
+
+
 def test_every_streamlit_cache_is_bounded():
     files = [ROOT / "app.py", *sorted((ROOT / "ui").glob("*.py")), *sorted((ROOT / "pages").glob("*.py"))]
     found, unbounded = 0, []
@@ -51,8 +62,8 @@ def test_every_streamlit_cache_is_bounded():
             for k in call.keywords if call is not None else ():
                 if k.arg:
                     keys.add(k.arg)
-                elif isinstance(k.value, ast.Name):
-                    keys |= dicts.get(k.value.id, set())
+                else:
+                    keys |= _dict_keys(k.value, dicts)
             if "max_entries" not in keys:
                 unbounded.append(f"{path.relative_to(ROOT)}:{line} st.{kind} without max_entries")
     assert found >= 10  # the scan does see the app's caches

@@ -44,7 +44,7 @@ def _cnn_file(path: str) -> ResNet | None:
     return model.float().eval() if isinstance(model, ResNet) else None
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(max_entries=1, show_spinner=False)
 def untrained_cnn() -> ResNet:
     """A randomly initialised demo ResNet (seed 0): the stand-in when no trained CNN is at hand."""
     torch.manual_seed(0)

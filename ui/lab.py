@@ -172,7 +172,7 @@ def is_bundled(cur: Current) -> bool:
     return cur.loaded.key == "bundled" or cur.model_id.startswith(f"file:{BUNDLED_PATH}:")
 
 
-@st.cache_data(ttl=TTL, show_spinner=False)
+@st.cache_data(ttl=TTL, max_entries=4, show_spinner=False)
 def _reference(path: str, mtime: float) -> dict | None:
     try:
         ref = json.loads(Path(path).read_text())
@@ -206,7 +206,7 @@ def _sample_batch(cur: Current, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, pred
 
 
-@st.cache_data(**MODEL_RESULTS)
+@st.cache_data(**{**MODEL_RESULTS, "max_entries": 8})
 def sample_summary(cur: Current, fusion: str, discard: float, start: int, k: int, seeds: int, cap: int) -> dict:
     """`lab_summary` over the bundled sample images (at most `cap`), each for the model's own
     predicted class: per-image areas (B, M+1), mean curves, mean agreement."""
@@ -240,7 +240,7 @@ def sample_summary(cur: Current, fusion: str, discard: float, start: int, k: int
     }
 
 
-@st.cache_data(**MODEL_RESULTS)
+@st.cache_data(**{**MODEL_RESULTS, "max_entries": 8})
 def sample_importance(cur: Current, cap: int) -> dict:
     """Head importance over the bundled sample images (at most `cap`), against the model's own
     predictions (the samples have no labels every model shares): (L, h) drops."""

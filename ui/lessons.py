@@ -111,7 +111,7 @@ class Progress:
 # ---------------------------------------------------------------- lessons and progress
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(max_entries=1, show_spinner=False)
 def _bundled() -> list[Lesson]:
     return bundled_lessons()
 
