@@ -29,8 +29,14 @@ SOURCES = {
 FOUND_LABEL = "CIFAR-10 already on this server"  # the "download" option once a copy is in the cache
 
 
+_FOUND_AT_START = "train_cifar_found_at_start"  # the label is fixed per session: a radio whose label changes breaks
+
+
 def _source_label(key: str) -> str:
-    if key == "download" and cifar10_cached() is not None:
+    found = st.session_state.get(_FOUND_AT_START)
+    if found is None:
+        found = st.session_state[_FOUND_AT_START] = cifar10_cached() is not None
+    if key == "download" and found:
         return FOUND_LABEL
     return SOURCES[key]
 
