@@ -14,6 +14,7 @@ from vit_core import experiments as ex
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]

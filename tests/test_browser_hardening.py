@@ -47,6 +47,7 @@ from vit_core import VisionTransformer, ViTConfig, save_checkpoint
 
 playwright = import_playwright()
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]

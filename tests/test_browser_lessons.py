@@ -32,6 +32,7 @@ from _browser_kit import (  # noqa: E402
 )
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(skip_without_browser(), reason="no Chromium"),
     pytest.mark.skipif(not (ROOT / "assets" / "vit_cifar10.safetensors").exists(), reason="no bundled model"),

@@ -111,6 +111,7 @@ def test_tutorial_model_warns_on_every_page_and_offers_the_intended_view() -> No
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(sync_playwright is None, reason="needs the playwright package")
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
 def test_browser_upload_answer_heads_and_open_every_page(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, go_to, 
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]

@@ -27,6 +27,7 @@ from tests._tiny_data import make_image_folder
 
 playwright = import_playwright()
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]
