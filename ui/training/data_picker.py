@@ -73,8 +73,9 @@ def data_picker() -> tuple[DataSource | None, DataInfo | None]:
     options = [k for k in SOURCES if not (k == "path" and current_limits().public)]  # no server paths in class
     if st.session_state["train_source"] not in options:
         st.session_state["train_source"] = options[0]
+    labels = {k: _source_label(k) for k in options}  # built in this run: the radio and its value agree
     choice = st.radio(
-        "Where the images come from", options, format_func=_source_label, key="train_source", horizontal=True
+        "Where the images come from", options, format_func=labels.__getitem__, key="train_source", horizontal=True
     )
     st.caption(f"The Train page takes {ACCEPTED}.")
     source: DataSource | None = None
