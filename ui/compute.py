@@ -5,12 +5,17 @@ once and caches the result; every analysis below takes the page's `Current` and 
 on top of it, so moving a slider never re-runs the model. A `Current` is hashed by its ids
 (`Current.cache_key`: the model's id and the image's hash; the per-model analyses by the
 model's id alone), never by its tensors, and pages never spell the ids out.
+
+The model may live on a GPU (`vit_core.devices`): what this module hands the model goes to the
+model's device first (`_to_model`), and every result comes back to the CPU (`_cpu`) before it is
+cached or plotted. `Prepared.x` and the cached trace stay on the CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,6 +26,7 @@ from PIL import Image
 import vit_plots as vp
 from vit_core import ViTTrace, load_image, preprocess_steps
 from vit_core import analysis as A
+from vit_core.devices import model_device
 from vit_core.images import denormalize
 
 from .images import ImageChoice, sample_images
@@ -38,6 +44,27 @@ BY_MODEL_AND_IMAGE = {
 BY_MODEL = {Current: lambda cur: cur.model_id}  # the analyses of the weights alone: every image shares them
 RESULTS = {"max_entries": 64, "ttl": TTL, "show_spinner": False, "hash_funcs": BY_MODEL_AND_IMAGE}
 MODEL_RESULTS = {**RESULTS, "max_entries": 8, "hash_funcs": BY_MODEL}
+
+
+def _to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """An input for `model`, on the model's device (the same tensor on a CPU model)."""
+    return x.to(model_device(model))
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    """A result for caching and plotting: detached, on the CPU (the same tensor on a CPU model)."""
+    return t.detach().cpu()
+
+
+def _trace_to(trace: ViTTrace, to: Callable[[torch.Tensor], torch.Tensor]) -> ViTTrace:
+    """The trace with every tensor passed through `to` (e.g. `_cpu`)."""
+    values = {f.name: getattr(trace, f.name) for f in dataclasses.fields(trace)}
+    return dataclasses.replace(trace, **{k: to(v) for k, v in values.items() if isinstance(v, torch.Tensor)})
+
+
+def _trace_on_model(cur: Current) -> ViTTrace:
+    """The cached (CPU) trace, on the model's device, for analyses that run the model's weights on it."""
+    return _trace_to(cur.prep.trace, lambda t: _to_model(t, cur.model))
 
 
 def prepare(loaded: LoadedModel, image: ImageChoice) -> Prepared:
@@ -58,7 +85,7 @@ def _prepare(loaded: LoadedModel, choice: ImageChoice) -> dict:
     s = min(1.0, THUMB_PX / max(w, h))
     thumb = image if s == 1.0 else image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
     with torch.no_grad():
-        trace = model.trace(steps.tensor)
+        trace = _trace_to(model.trace(_to_model(steps.tensor, model)), _cpu)
     display = denormalize(steps.tensor, model.cfg)
     return {
         "thumbnail": np.asarray(thumb.convert("RGB")),
@@ -102,13 +129,13 @@ def stage_params(cur: Current) -> dict[str, int]:
 def filters(cur: Current, k: int = 28) -> dict[str, np.ndarray]:
     """Raw projection filters (D, P, P, C), their top-k principal components (k, P, P, C), variance ratios."""
     pca, ratio = A.embedding_filters_pca_and_variance(cur.model, k)
-    return {"raw": A.embedding_filters(cur.model).numpy(), "pca": pca.numpy(), "ratio": ratio.numpy()}
+    return {"raw": _cpu(A.embedding_filters(cur.model)).numpy(), "pca": _cpu(pca).numpy(), "ratio": _cpu(ratio).numpy()}
 
 
 @st.cache_data(**MODEL_RESULTS)
 def position_similarity(cur: Current) -> np.ndarray:
     """(gh, gw, gh, gw) cosine similarity of the patch position embeddings (ViT Figure 7 centre)."""
-    return A.position_similarity(cur.model).numpy()
+    return _cpu(A.position_similarity(cur.model)).numpy()
 
 
 def sample_files() -> list[bytes]:
@@ -121,8 +148,8 @@ def sample_mean_distance(cur: Current) -> np.ndarray:
     """(L, heads) mean attention distance in pixels, averaged over the bundled sample images."""
     x = torch.cat([preprocess_steps(load_image(d), cur.cfg).tensor for d in sample_files()])
     with torch.no_grad():
-        t = cur.model.trace(x)
-    return A.mean_attention_distance(t.attentions, t.grid, t.patch_size, t.num_prefix_tokens).numpy()
+        t = cur.model.trace(_to_model(x, cur.model))
+    return _cpu(A.mean_attention_distance(t.attentions, t.grid, t.patch_size, t.num_prefix_tokens)).numpy()
 
 
 # ---- per-(model, image) analyses ----
@@ -137,8 +164,12 @@ def patch_matrix(cur: Current) -> np.ndarray:
 @st.cache_data(**RESULTS)
 def conv_vs_linear(cur: Current) -> dict:
     """The patch embedding by Conv2d and by flatten + Linear: (n, D) each and the largest difference."""
-    r = A.conv_vs_linear(cur.model, cur.prep.x)
-    return {"conv": r["conv"][0].numpy(), "linear": r["linear"][0].numpy(), "max_abs_diff": r["max_abs_diff"]}
+    r = A.conv_vs_linear(cur.model, _to_model(cur.prep.x, cur.model))
+    return {
+        "conv": _cpu(r["conv"][0]).numpy(),
+        "linear": _cpu(r["linear"][0]).numpy(),
+        "max_abs_diff": r["max_abs_diff"],
+    }
 
 
 @st.cache_data(**RESULTS)
@@ -173,8 +204,8 @@ def rollout(cur: Current, head_fusion: str, discard_ratio: float, start_layer: i
 def class_map(cur: Current, target: int, start_layer: int = 0) -> np.ndarray:
     """(gh, gw) Chefer et al. relevance of each patch for class `target` (one forward + backward)."""
     with torch.enable_grad():
-        t = cur.model.trace(cur.prep.x, target=int(target))
-    return A.class_attention_map_from_trace(t, start_layer)[0].detach().numpy()
+        t = cur.model.trace(_to_model(cur.prep.x, cur.model), target=int(target))
+    return _cpu(A.class_attention_map_from_trace(t, start_layer)[0]).numpy()
 
 
 @st.cache_data(**RESULTS)
@@ -197,13 +228,13 @@ def last_heads(cur: Current, mass: float) -> np.ndarray:
 @st.cache_data(**RESULTS)
 def head_steps(cur: Current, layer: int, head: int, query: int) -> dict[str, np.ndarray]:
     """One head's computation for one query token: q, k, scores, weights, v, output."""
-    return A.head_computation(cur.model, cur.prep.trace, layer, head, query)
+    return A.head_computation(cur.model, _trace_on_model(cur), layer, head, query)
 
 
 @st.cache_data(**RESULTS)
 def logit_lens(cur: Current) -> np.ndarray:
     """(L+1, classes) class probabilities read off the CLS token after each block."""
-    return A.logit_lens(cur.model, cur.prep.trace)[0].numpy()
+    return _cpu(A.logit_lens(cur.model, _trace_on_model(cur))[0]).numpy()
 
 
 @st.cache_data(**RESULTS)
@@ -213,7 +244,7 @@ def occluded(cur: Current, patches: tuple[int, ...], mode: str) -> dict:
     if not patches:  # nothing hidden: the forward pass already made
         return {"probs": cur.prep.probs, "display": cur.prep.display}
     with torch.no_grad():
-        probs = A.occlude_patches(model, x, list(patches), mode).softmax(-1)[0].numpy()
+        probs = _cpu(A.occlude_patches(model, _to_model(x, model), list(patches), mode).softmax(-1)[0]).numpy()
         shown = A.occlude_image(x, list(patches), model.patch_size, "mean" if mode == "drop" else mode)
     return {"probs": probs, "display": denormalize(shown, model.cfg)}
 
@@ -222,12 +253,14 @@ def occluded(cur: Current, patches: tuple[int, ...], mode: str) -> dict:
 def shuffled(cur: Current, seed: int) -> dict:
     """The prediction on shuffled patches: positions follow the content, stay with the slot, or are absent."""
     model, x = cur.model, cur.prep.x
+    xm = _to_model(x, model)
     with torch.no_grad():
-        kept, perm = A.shuffle_patches(model, x, seed=seed, keep_positions=True)
-        moved, _ = A.shuffle_patches(model, x, perm=perm, keep_positions=False)
-        none_orig, _ = A.shuffle_patches(model, x, perm=torch.arange(perm.numel()), use_pos_embed=False)
-        none_shuf, _ = A.shuffle_patches(model, x, perm=perm, use_pos_embed=False)
+        kept, perm = A.shuffle_patches(model, xm, seed=seed, keep_positions=True)
+        moved, _ = A.shuffle_patches(model, xm, perm=perm, keep_positions=False)
+        none_orig, _ = A.shuffle_patches(model, xm, perm=torch.arange(perm.numel()), use_pos_embed=False)
+        none_shuf, _ = A.shuffle_patches(model, xm, perm=perm, use_pos_embed=False)
         image = A.shuffle_image(x, perm, model.patch_size)
+        kept, moved, none_orig, none_shuf = (_cpu(t) for t in (kept, moved, none_orig, none_shuf))
     return {
         "perm": perm.numpy(),
         "kept": kept.softmax(-1)[0].numpy(),

@@ -22,6 +22,9 @@ checked by `stat` before anything opens it (a pipe never blocks), may not lead i
 store or the run folders (other sessions' files), and every refusal reads the same, so the box
 cannot tell whether a server path exists. With `VIT_EXPLORER_PUBLIC=1` (classroom mode) there is
 no upload and no path box; `VIT_EXPLORER_MODELS` names a folder whose checkpoints are offered.
+
+Every model the picker returns is on the server's inference device (`VIT_EXPLORER_DEVICE`, see
+`vit_core.devices`: a GPU when there is one, else the CPU), moved there once when it is loaded.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from vit_core import (
     load_checkpoint,
 )
 from vit_core.checkpoints import WEIGHT_FILES, check_checkpoint_bytes
+from vit_core.devices import server_device
 from vit_core.families import FAMILIES, SAVE_HELP, AnswerNeededError, Question
 from vit_core.fileio import remove_quietly
 from vit_core.limits import current_limits, is_public
@@ -111,7 +115,7 @@ def register_session_model(name: str, model: VisionTransformer) -> None:
     if not (hasattr(model, "trace") and hasattr(model, "cfg") and hasattr(model, "class_names")):
         raise TypeError(f"register_session_model needs a VisionTransformer, not {type(model).__name__}")
     models = st.session_state.setdefault(_SESSION_MODELS, {})
-    models[str(name)] = SessionModel(model.eval(), f"session:{uuid.uuid4().hex}")
+    models[str(name)] = SessionModel(on_server_device(model.eval()), f"session:{uuid.uuid4().hex}")
     st.session_state[_PENDING] = f"session:{name}"
 
 
@@ -123,11 +127,16 @@ def session_models() -> dict[str, VisionTransformer]:
 # ---- loading (cached once per process; the weights are shared read-only by sessions) ----
 
 
+def on_server_device(model: torch.nn.Module) -> torch.nn.Module:
+    """`model`, moved (in place) to the device this server runs models on (`server_device()`)."""
+    return model.to(server_device().device)
+
+
 @st.cache_resource(max_entries=6, show_spinner="Loading the model...")
 def _load_file(path: str, mtime: float, size: int, answers: str = "{}") -> VisionTransformer:
     """A checkpoint file; `mtime` and `size` are in the key so a rewritten file reloads;
     `answers` (JSON) are `load_checkpoint`'s keywords for what the weights cannot tell."""
-    return load_checkpoint(path, **json.loads(answers)).eval()
+    return on_server_device(load_checkpoint(path, **json.loads(answers)).eval())
 
 
 def file_answers(path: str) -> dict:
@@ -158,12 +167,12 @@ def untrained_cifar_model() -> VisionTransformer:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = VisionTransformer(cfg, list(CIFAR10_CLASSES))
-    return model.eval()
+    return on_server_device(model.eval())
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the pretrained model...")
 def _load_pretrained(name: str) -> VisionTransformer:
-    return load_pretrained(name).eval()
+    return on_server_device(load_pretrained(name).eval())
 
 
 def pretrained_catalogue() -> dict[str, str]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import streamlit as st
+import functools
+import logging
 
+import streamlit as st
+from torch import nn
+
+from vit_core.devices import device_label, model_device, server_device
 from vit_core.threads import use_inference_threads
 from vit_plots.images import sharp
 
@@ -34,6 +39,8 @@ def sidebar() -> Current | None:
     running_badge()  # while this session's training run is active: a link back to the Train page
     st.sidebar.header("Model")
     loaded = model_picker()
+    threads = use_inference_threads(loaded.model)  # this script run's thread: 1 for small models
+    _device_line(loaded.model, threads)
     st.sidebar.header("Image")
     image = image_picker()
     refused = refused_upload_message()
@@ -43,7 +50,6 @@ def sidebar() -> Current | None:
         st.warning(note, icon=":material/link_off:")
     set_url("model", loaded.key)
     set_url("image", sample_slug(image.name) if image.source == "sample" else image.source)
-    use_inference_threads(loaded.model)  # this script run's thread: 1 for small models
     try:
         prep = compute.prepare(loaded, image)
     except Exception as e:  # a model/image mismatch must not take the whole app down
@@ -59,6 +65,23 @@ def sidebar() -> Current | None:
     h, w = prep.resized.shape[:2]
     c2.image(compute.png_bytes(sharp(prep.resized, min_px=128)), caption=f"model input {w}x{h}")
     return cur
+
+
+def _device_line(model: nn.Module, threads: int) -> None:
+    """Which device runs the model ("Model runs on: CPU (1 thread)", "... CUDA: <name>"), and, when the
+    server's `VIT_EXPLORER_DEVICE` could not be met, why (in the tooltip and, once, in the server log)."""
+    choice = server_device()
+    if choice.note:
+        _log_once(choice.note)
+    st.sidebar.caption(
+        f"Model runs on: {device_label(model_device(model), threads)}",
+        help=choice.note or "Set by the server (`VIT_EXPLORER_DEVICE`: auto, cpu, cuda, mps; auto by default).",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _log_once(note: str) -> None:
+    logging.getLogger("vit_explorer").warning(note)
 
 
 def _apply_link() -> list[str]:

@@ -55,6 +55,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .cnn import CNN_ARCH, CNN_PRESETS, CNNConfig, build_model
 from .config import CIFAR10_MEAN, CIFAR10_STD, ViTConfig
 from .data import ImageDataset
+from .devices import resolve_device
 from .errors import CheckpointError, DataError
 from .evaluation import EvalResult, eval_result, evaluate
 from .export import exported_accuracy, save_float16
@@ -292,17 +293,6 @@ class TrainResult:
     final: EvalResult | None
     history: list[EvalResult] = field(default_factory=list)
     best_acc: float = 0.0
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto" -> CUDA if available, else Apple MPS, else CPU; anything else as given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

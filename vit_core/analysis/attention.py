@@ -285,7 +285,7 @@ def head_computation(
     scores = (k @ qv) / d**0.5
     weights = F.softmax(scores.float(), dim=-1)
     if getattr(model, "attends_across_batch", False):
-        weights = F.one_hot(torch.tensor(query), scores.shape[0]).float()
+        weights = F.one_hot(torch.tensor(query, device=scores.device), scores.shape[0]).float()
     output = weights @ v.float()
     out = {"q": qv, "k": k, "scores": scores, "weights": weights, "v": v, "output": output}
     return {name: t.detach().float().cpu().numpy() for name, t in out.items()}
