@@ -7,6 +7,7 @@ from ui import compute
 from ui.navigation import WHERE_NEXT
 from ui.page import chart, header, needs_head, prediction_line
 from ui.session import current
+from vit_core.formulas import architecture
 
 cur = current()
 header(
@@ -20,45 +21,32 @@ header(
 )
 prediction_line(cur)
 
-cfg, (gh, gw), P, k = cur.cfg, cur.grid, cur.patch_size, cur.num_prefix
-C, D, L, h = cfg.in_chans, cfg.embed_dim, cur.num_layers, cfg.num_heads
-n, N = cur.num_patches, cur.num_tokens
+cfg, N, D, C = cur.cfg, cur.num_tokens, cur.cfg.embed_dim, cur.cfg.in_chans
 H, W = cur.prep.x.shape[-2:]
 params = compute.stage_params(cur)
-prefix = "[CLS]" if k == 1 else f"{k} prefix tokens"
+arch = architecture(cfg, cur.grid, (H, W))  # boxes and formulas as this model computes them
+counts = [None, None, "patch_embed", "tokens", "blocks", "head"]
 stages = [
-    vp.Stage("Input", f"{C} x {H} x {W}", "resized, cropped,<br>normalised", "no parameters"),
-    vp.Stage(
-        "1. Patches", f"{n} x {C * P * P}", f"{gh}x{gw} patches of {C}x{P}x{P},<br>each flattened", "no parameters"
-    ),
-    vp.Stage(
-        "2. Embed", f"{n} x {D}", "the same Linear map<br>on every patch", f"{params['patch_embed']:,} parameters"
-    ),
-    vp.Stage(
-        "3. + CLS, + positions",
-        f"{N} x {D}",
-        f"prepend {prefix},<br>add position vectors",
-        f"{params['tokens']:,} parameters",
-    ),
-    vp.Stage(
-        "4. Encoder", f"{N} x {D}", f"{L} blocks, each:<br>{h}-head attention + MLP", f"{params['blocks']:,} parameters"
-    ),
-    vp.Stage(
-        "5. Head", f"{cfg.num_classes} classes", "LayerNorm + Linear<br>on [CLS]", f"{params['head']:,} parameters"
-    ),
+    vp.Stage(s.title, s.shape, s.detail, f"{params[c]:,} parameters" if c and params[c] else "no parameters")
+    for s, c in zip(arch.stages, counts)
 ]
 chart(vp.pipeline_figure(stages, cols=3), key="pipeline")  # two rows: six boxes in one overflow below ~1500 px
 st.caption(
     f"{params['total']:,} parameters in all; one encoder block has {params['block']:,}. "
     f"Every block keeps the shape {N} x {D}: attention mixes information between tokens, the MLP works on each token alone."
 )
+if arch.notes:
+    st.markdown(
+        "**Where this model differs from the ViT paper's:** "
+        + "; ".join(arch.notes)
+        + ". The diagram and the formulas below are written as this model computes them."
+    )
 
-st.latex(
-    # one line per equation: a single line overflows the main column below ~1400 px windows
-    r"\begin{gathered}z_0 = [\,x_\text{class};\; x_p^1 E;\; \dots;\; x_p^{" + str(n) + r"} E\,] + E_\text{pos},\qquad "
-    r"y = \mathrm{Head}(\mathrm{LN}(z_L^0)),\\ "
-    r"z'_\ell = z_{\ell-1} + \mathrm{MSA}(\mathrm{LN}(z_{\ell-1})),\qquad z_\ell = z'_\ell + \mathrm{MLP}(\mathrm{LN}(z'_\ell))"
-    r"\end{gathered}"
+st.latex(arch.latex())
+st.caption(
+    "Inside one block: "
+    + " → ".join(f"{what} {shape}" for what, shape in arch.block_shapes)
+    + f" (ℓ = 1 … {cur.num_layers}; h = {cfg.num_heads} heads of width d = {cfg.head_dim})."
 )
 
 st.subheader("What the model is given: preprocessing")
