@@ -181,6 +181,45 @@ def test_many_maps_at_once_equal_one_at_a_time_and_batch_size_does_not_matter():
     assert d1.shape == (7,) and torch.allclose(d1, dele[0], atol=1e-6) and torch.allclose(i1, ins[0], atol=1e-6)
 
 
+def test_images_that_hide_the_same_patches_are_forwarded_once():
+    """Every curve starts or ends on the original and the fully hidden image; maps that agree on
+    their first patches share those steps too. Each distinct image goes through the model once."""
+    model, x = tiny_model(), image()
+    a = torch.arange(16.0)
+    b = a.clone()
+    b[:2] = b[:2].flip(0)  # the same ranking as `a` but for its last two patches
+    maps = torch.stack([a, b, a])  # the third map is the first again: all of its images are repeats
+    seen = []
+    handle = model.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    try:
+        dele, ins = deletion_insertion_curves(model, x, maps, 1, k=1, batch_size=7)
+    finally:
+        handle.remove()
+    # distinct hidden sets, counted here by brute force
+    distinct = set()
+    for m in maps:
+        order = ref_order(m.tolist())
+        for s in range(17):
+            distinct.add(frozenset(order[:s]))  # deletion
+            distinct.add(frozenset(order[s:]))  # insertion
+    assert sum(seen) == len(distinct) < 3 * 2 * 17
+    assert max(seen) <= 7
+    for m in range(3):
+        assert dele[m].tolist() == pytest.approx(ref_curve(model, x, maps[m].tolist(), 1, 1, False), abs=1e-6)
+        assert ins[m].tolist() == pytest.approx(ref_curve(model, x, maps[m].tolist(), 1, 1, True), abs=1e-6)
+
+
+def test_curve_batch_size_holds_about_8k_tokens():
+    from vit_core.analysis.faithfulness import curve_batch_size
+
+    small = tiny_model()  # 16 patches + [CLS]
+    assert curve_batch_size(small, 16, tokens_per_batch=17 * 100) == 100
+    assert curve_batch_size(small, 16, tokens_per_batch=17 * 3) == 8  # never below 8
+    assert curve_batch_size(small, 16) == 256  # 8192 // 17 = 481: never above 256
+    big = tiny_model(img_size=64)  # 256 patches + [CLS]
+    assert curve_batch_size(big, 256) == 8192 // 257 == 31
+
+
 def test_curves_work_without_a_class_token_and_with_registers():
     for changes in (dict(class_token=False, global_pool="avg"), dict(reg_tokens=2)):
         model, x = tiny_model(**changes), image()

@@ -31,7 +31,7 @@ REFERENCE_PATH = Path(__file__).resolve().parent.parent / "assets" / "lab_refere
 RANDOM_SEEDS = 10  # random rankings per image: their mean is the baseline, their range its spread
 LIVE_IMAGES = 32  # most images a user can make the server run the lab over (importance, rankings)
 MAX_KNOCKED = 16  # most heads knocked out at once
-CURVE_BATCH = 256  # images per forward pass of the curves (larger batches are faster on a CPU)
+CURVE_BATCH = None  # images per forward pass of the curves: vit_core's `curve_batch_size` (about 8k tokens)
 LAB_RESULTS = {**RESULTS, "max_entries": 16}
 
 

@@ -78,18 +78,20 @@ def _check_image(model: VisionTransformer, x: Tensor, target: int) -> int:
 
 
 def _prepare(
-    model: VisionTransformer, x: Tensor, saliencies: Tensor, target: int, k: int, batch_size: int
-) -> tuple[Tensor, list[list[int]], int, int]:
+    model: VisionTransformer, x: Tensor, saliencies: Tensor, target: int, k: int, batch_size: int | None
+) -> tuple[Tensor, list[list[int]], int, int, int]:
     n = _check_image(model, x, target)
     n, k = _check_steps(n, k)
     maps = torch.as_tensor(saliencies).detach()
     maps = maps.reshape(1, -1) if maps.dim() == 1 else maps.reshape(maps.shape[0], -1)
     if maps.shape[1] != n:
         raise ValueError(f"a saliency map has {maps.shape[1]} entries, but the image has {n} patches")
+    if batch_size is None:
+        batch_size = curve_batch_size(model, n)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, not {batch_size}")
     p = next(model.parameters())
-    return x.to(p.device, p.dtype), [saliency_order(m).tolist() for m in maps], n, k
+    return x.to(p.device, p.dtype), [saliency_order(m).tolist() for m in maps], n, k, batch_size
 
 
 @torch.no_grad()
@@ -104,20 +106,44 @@ def _curves(
     mode: str,
     batch_size: int,
 ) -> Tensor:
-    """(M, len(directions), ceil(n/k) + 1) target probabilities, every image in shared batches."""
+    """(M, len(directions), ceil(n/k) + 1) target probabilities, every image in shared batches.
+
+    Images that hide the same set of patches are forwarded once: every curve's two ends (the
+    original and the fully hidden image) and the first steps of maps that agree on their top
+    patches are shared.
+    """
     steps = math.ceil(n / k) + 1
     jobs = [(m, d, s) for m in range(len(orders)) for d in directions for s in range(steps)]
-    per_batch = math.ceil(len(jobs) / math.ceil(len(jobs) / batch_size))  # evenly sized batches
-    probs = torch.empty(len(jobs), dtype=torch.float64)
-    for start in range(0, len(jobs), per_batch):
-        images = []
-        for m, d, s in jobs[start : start + per_batch]:
-            done = min(s * k, n)
-            hidden = orders[m][:done] if d == "deletion" else orders[m][done:]
-            images.append(occlude_image(x, hidden, model.patch_size, mode))  # the what-if's painting
-        logits = model(torch.cat(images))
-        probs[start : start + len(images)] = logits.double().softmax(-1)[:, int(target)].cpu()
-    return probs.reshape(len(orders), len(directions), steps)
+    unique: dict[tuple[int, ...], int] = {}  # hidden patches -> index of the image that shows it
+    masks: list[list[int]] = []
+    slot = []
+    for m, d, s in jobs:
+        done = min(s * k, n)
+        hidden = orders[m][:done] if d == "deletion" else orders[m][done:]
+        key = tuple(sorted(hidden))
+        if key not in unique:
+            unique[key] = len(masks)
+            masks.append(hidden)
+        slot.append(unique[key])
+    per_batch = math.ceil(len(masks) / math.ceil(len(masks) / batch_size))  # evenly sized batches
+    probs = torch.empty(len(masks), dtype=torch.float64)
+    for start in range(0, len(masks), per_batch):
+        chunk = masks[start : start + per_batch]
+        images = torch.cat([occlude_image(x, hidden, model.patch_size, mode) for hidden in chunk])  # the what-if's painting
+        logits = model(images)
+        probs[start : start + len(chunk)] = logits.double().softmax(-1)[:, int(target)].cpu()
+    return probs[torch.tensor(slot)].reshape(len(orders), len(directions), steps)
+
+
+def curve_batch_size(model: VisionTransformer, n: int, tokens_per_batch: int = 8192) -> int:
+    """Images per forward pass of the curves: about `tokens_per_batch` tokens, 8 to 256 images.
+
+    Measured on a 2-core CPU with the bundled model (65 tokens), batches of about 128 images ran
+    faster per image than 64 or 256 (`benchmarks/bench_faithfulness.py`); for ViT-B/16 (197
+    tokens) this gives 41 images, whose activations stay well under 1 GB.
+    """
+    tokens = model.num_prefix_tokens + n  # n: the image's patches
+    return max(8, min(256, tokens_per_batch // max(1, tokens)))
 
 
 def deletion_insertion_curves(
@@ -127,7 +153,7 @@ def deletion_insertion_curves(
     target: int,
     k: int = 1,
     mode: str = "mean",
-    batch_size: int = CURVE_BATCH,
+    batch_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Deletion and insertion curves of several saliency maps, in shared batched forwards.
 
@@ -140,13 +166,13 @@ def deletion_insertion_curves(
         target: class whose softmax probability is recorded.
         k: patches per step.
         mode: "mean" (ALGORITHMS.md) or "zero", as in `occlude_image`.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; None: `curve_batch_size` (about 8k tokens).
 
     Returns:
         deletion, insertion: each (M, ceil(n/k) + 1) float64 (or (ceil(n/k) + 1,) for one (n,)
         map), against `step_fractions(n, k)`.
     """
-    x, orders, n, k = _prepare(model, x, saliencies, target, k, batch_size)
+    x, orders, n, k, batch_size = _prepare(model, x, saliencies, target, k, batch_size)
     curves = _curves(model, x, orders, ("deletion", "insertion"), target, n, k, mode, batch_size)
     if torch.as_tensor(saliencies).dim() == 1:
         return curves[0, 0], curves[0, 1]
@@ -160,7 +186,7 @@ def deletion_curve(
     target: int,
     k: int = 1,
     mode: str = "mean",
-    batch_size: int = CURVE_BATCH,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Target probability as the most salient patches are hidden, `k` at a time (Petsiuk 2018).
 
@@ -174,14 +200,14 @@ def deletion_curve(
         target: class index.
         k: patches hidden per step.
         mode: "mean" (ALGORITHMS.md) or "zero" (0 in normalised space).
-        batch_size: images per forward pass (bounds memory).
+        batch_size: images per forward pass (bounds memory); None: `curve_batch_size`.
 
     Returns:
         (ceil(n/k) + 1,) float64 probabilities; point i has `min(i*k, n)` patches hidden
         (`step_fractions`): from the unmasked image's probability to the fully hidden one's.
         A faithful map makes it fall fast (low `curve_area`).
     """
-    x, orders, n, k = _prepare(model, x, torch.as_tensor(saliency).reshape(-1), target, k, batch_size)
+    x, orders, n, k, batch_size = _prepare(model, x, torch.as_tensor(saliency).reshape(-1), target, k, batch_size)
     return _curves(model, x, orders, ("deletion",), target, n, k, mode, batch_size)[0, 0]
 
 
@@ -192,7 +218,7 @@ def insertion_curve(
     target: int,
     k: int = 1,
     mode: str = "mean",
-    batch_size: int = CURVE_BATCH,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Target probability as patches are restored, most salient first, into the hidden image.
 
@@ -203,7 +229,7 @@ def insertion_curve(
         from the fully hidden image's probability to the unmasked one's. A faithful map makes
         it rise fast (high `curve_area`).
     """
-    x, orders, n, k = _prepare(model, x, torch.as_tensor(saliency).reshape(-1), target, k, batch_size)
+    x, orders, n, k, batch_size = _prepare(model, x, torch.as_tensor(saliency).reshape(-1), target, k, batch_size)
     return _curves(model, x, orders, ("insertion",), target, n, k, mode, batch_size)[0, 0]
 
 
@@ -546,7 +572,7 @@ def lab_curves(
     random_seeds: int = 10,
     k: int = 1,
     seed: int = 0,
-    batch_size: int = CURVE_BATCH,
+    batch_size: int | None = None,
 ) -> LabCurves:
     """`deletion_insertion_curves` of every map and of `random_seeds` random rankings, in shared batches.
 
@@ -588,7 +614,7 @@ def lab_summary(
     k: int = 1,
     methods: tuple[str, ...] = SALIENCY_METHODS,
     progress: Callable[[int, int], None] | None = None,
-    batch_size: int = CURVE_BATCH,
+    batch_size: int | None = None,
 ) -> LabSummary:
     """`saliency_maps`, `lab_curves` and `agreement_matrix` for each image of a set.
 
