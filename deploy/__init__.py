@@ -1,0 +1,1 @@
+"""Serving recipes: Streamlit replicas behind nginx (serve_replicas.py)."""
