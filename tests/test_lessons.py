@@ -707,3 +707,22 @@ def test_format_md_documents_every_field_and_its_example_is_valid() -> None:
     assert f"{MAX_STEPS} steps" in doc and f"{MAX_BYTES:,} bytes" in doc
     cmd = re.search(r'python -c "(.*)" my_lesson.toml', doc).group(1)
     assert "validate(sys.argv[1])" in cmd
+
+
+def test_every_focus_heading_is_a_heading_its_page_draws():
+    """A lesson step brings its view into sight by finding the page's h1-h3 heading that starts with
+    FOCUS_HEADINGS[focus]; a heading renamed on its page would leave the step unmarked."""
+    from ui.lessons import FOCUS_HEADINGS
+    from vit_core.lessons import FOCUS
+
+    root = Path(__file__).resolve().parent.parent
+    page_files = {p.stem.split("_", 1)[1]: p for p in (root / "pages").glob("*_*.py")}
+    helpers = [*(root / "ui").glob("*.py"), *(root / "ui" / "training").glob("*.py")]
+    assert set(FOCUS_HEADINGS) == set(FOCUS)
+    for key, heading in FOCUS_HEADINGS.items():
+        if heading is None:
+            continue
+        page = key.split(".")[0]
+        sources = [page_files[page].read_text(), *(h.read_text() for h in helpers)]
+        drawn = re.compile(r"st\.(?:title|header|subheader)\(\s*f?[\"']" + re.escape(heading))
+        assert any(drawn.search(s) for s in sources), f"{key}: no st.header/subheader starting {heading!r}"
