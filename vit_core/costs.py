@@ -1,9 +1,14 @@
 """What a training run will cost, before it starts: model size, FLOPs, and a time estimate.
 
 The estimate is a FLOP count divided by this server's training speed in FLOP/s, which is
-measured once per process (`calibrate`, a few training steps of a small fixed ViT, well
+measured once per process (`calibrate`, a few training steps of a small fixed model, well
 under a second of CPU) and shared by every session. Changing the form costs arithmetic only:
 no step of the user's model is ever timed in a page run.
+
+The ViT's FLOPs are a formula in its shapes (`forward_flops`); the CNN baseline's are counted
+from its layers (`cnn_forward_flops`: every convolution's and Linear's multiply-adds), and the
+CNN is timed against its own calibration model, a small ResNet: a CPU runs 3x3 convolutions
+at another FLOP/s than the ViT's matrix products.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .cnn import CNN_ARCH, CNNConfig, ResNet
 from .fileio import SingleFlight
 from .model import VisionTransformer
 from .train import TrainConfig, resolve_device
@@ -23,6 +30,7 @@ from .train import TrainConfig, resolve_device
 # The calibration model: the shape of the small presets, so that the FLOP/s it measures is the
 # one a run of those shapes gets (tiny matrices run at a lower FLOP/s than large ones).
 CALIBRATION = TrainConfig(patch_size=4, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
+CNN_CALIBRATION = TrainConfig(arch=CNN_ARCH, cnn_preset="demo")  # the CNN's: the smallest ResNet preset
 CALIBRATION_BATCH = 32
 CALIBRATION_STEPS = 2
 
@@ -36,16 +44,50 @@ def model_size(cfg: TrainConfig, num_classes: int = 10) -> tuple[int, int]:
 
 
 def forward_flops(cfg: TrainConfig, num_classes: int = 10) -> float:
-    """Multiply-adds x 2 of one image through the ViT `cfg` trains (FLOPs, no memory used).
+    """Multiply-adds x 2 of one image through the model `cfg` trains (FLOPs, no memory used).
 
-    Per block: qkv and output projections 4 N D^2, MLP 2 r N D^2, attention scores and
-    weighted sum 2 N^2 D (multiply-adds); plus the patch embedding N P^2 C D and the head.
+    For the ViT, per block: qkv and output projections 4 N D^2, MLP 2 r N D^2, attention scores
+    and weighted sum 2 N^2 D (multiply-adds); plus the patch embedding N P^2 C D and the head.
+    For the CNN baseline (`arch` "resnet"): `cnn_forward_flops` of its config.
     """
+    if cfg.arch == CNN_ARCH:
+        return cnn_forward_flops(cfg.model_config(num_classes))
     n = (cfg.img_size // cfg.patch_size) ** 2
     tokens = n + 1
     d, r = cfg.embed_dim, cfg.mlp_ratio
     block = (4 + 2 * r) * tokens * d * d + 2 * tokens * tokens * d
     macs = n * cfg.patch_size**2 * 3 * d + cfg.depth * block + d * num_classes
+    return 2.0 * macs
+
+
+def cnn_forward_flops(cfg: CNNConfig) -> float:
+    """Multiply-adds x 2 of one image through the ResNet `cfg` describes (FLOPs).
+
+    Counted on the layers themselves: one forward pass of a (1, C, H, W) input on the meta
+    device (shapes only, no memory, no arithmetic), with a hook on every convolution
+    (output elements x input channels per group x kernel area) and every Linear (output x
+    input features). BatchNorm, ReLU, the residual additions and the pooling, about one
+    operation per activation, are left out, as the ViT's count leaves out LayerNorm and softmax.
+    """
+    macs = 0
+
+    def count(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs += out.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            macs += out.numel() * module.in_features
+
+    with torch.device("meta"):
+        model = ResNet(cfg)
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, cfg.in_chans, *cfg.img_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
     return 2.0 * macs
 
 
@@ -64,25 +106,28 @@ class Calibration:
     measured_at: float  # time.time() of the measurement
 
 
-_CALIBRATION: dict[tuple[str, int], Calibration] = {}
+_CALIBRATION: dict[tuple[str, int, str], Calibration] = {}
 _CALIBRATION_LOCK = threading.Lock()
 _FLIGHT = SingleFlight()
 
 
-def calibrate(threads: int | None = None, device: str = "auto") -> Calibration:
-    """This server's training FLOP/s on `threads` threads, measured at the first call and then cached for the process.
+def calibrate(threads: int | None = None, device: str = "auto", arch: str = "vit") -> Calibration:
+    """This server's training FLOP/s on `threads` threads for a ViT (`arch` "vit") or the CNN
+    baseline ("resnet"), measured at the first call and then cached for the process.
 
     Concurrent first calls (many sessions opening the Train page at once) share one measurement.
     """
     threads = torch.get_num_threads() if threads is None else int(threads)
-    key = (str(resolve_device(device)), threads)
+    if arch not in ("vit", CNN_ARCH):
+        raise ValueError(f"arch must be 'vit' or {CNN_ARCH!r}, not {arch!r}")
+    key = (str(resolve_device(device)), threads, arch)
     with _CALIBRATION_LOCK:
         hit = _CALIBRATION.get(key)
     if hit is not None:
         return hit
 
     def measure() -> Calibration:
-        cal = _measure(threads, device)
+        cal = _measure(threads, device) if arch == "vit" else _measure_cnn(threads, device)
         with _CALIBRATION_LOCK:
             _CALIBRATION[key] = cal
         return cal
@@ -91,15 +136,23 @@ def calibrate(threads: int | None = None, device: str = "auto") -> Calibration:
 
 
 def _measure(threads: int, device: str) -> Calibration:
+    return _measure_model(CALIBRATION, threads, device)
+
+
+def _measure_cnn(threads: int, device: str) -> Calibration:
+    return _measure_model(CNN_CALIBRATION, threads, device)
+
+
+def _measure_model(calibration: TrainConfig, threads: int, device: str) -> Calibration:
     t_start = time.perf_counter()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        cfg = CALIBRATION.replace(device=device)
+        cfg = calibration.replace(device=device)
         dev = resolve_device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = VisionTransformer(cfg.vit_config(10)).to(dev)
+            model = _build(cfg).to(dev)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             x = torch.randn(CALIBRATION_BATCH, 3, cfg.img_size, cfg.img_size, device=dev)
             y = torch.randint(0, 10, (CALIBRATION_BATCH,), device=dev)
@@ -116,14 +169,19 @@ def _measure(threads: int, device: str) -> Calibration:
                     best = min(best, time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old)
-    flops = train_flops_per_image(CALIBRATION, 10) * CALIBRATION_BATCH / best
+    flops = train_flops_per_image(calibration, 10) * CALIBRATION_BATCH / best
     return Calibration(flops, time.perf_counter() - t_start, threads, time.time())
 
 
-def cached_calibration() -> Calibration | None:
-    """The calibration measured so far in this process (any thread count), or None."""
+def _build(cfg: TrainConfig) -> nn.Module:
+    model_cfg = cfg.model_config(10)
+    return ResNet(model_cfg) if isinstance(model_cfg, CNNConfig) else VisionTransformer(model_cfg)
+
+
+def cached_calibration(arch: str = "vit") -> Calibration | None:
+    """The calibration of `arch` measured so far in this process (any thread count), or None."""
     with _CALIBRATION_LOCK:
-        return next(iter(_CALIBRATION.values()), None)
+        return next((c for k, c in _CALIBRATION.items() if k[2] == arch), None)
 
 
 def seconds_per_image(cfg: TrainConfig, calibration: Calibration, num_classes: int = 10) -> float:
