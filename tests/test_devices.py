@@ -229,18 +229,36 @@ def test_on_the_cpu_the_analyses_give_what_the_library_gives():
     np.testing.assert_allclose(out["logit_lens"].sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.fixture
-def meta_copies_to_zeros(monkeypatch):
-    """A meta tensor's copy to the CPU gives zeros of its shape (it holds no values); nothing else changes."""
-    cpu, to_float, item, to_bool = torch.Tensor.cpu, torch.Tensor.__float__, torch.Tensor.item, torch.Tensor.__bool__
+def _copying_meta_gives_zeros(monkeypatch) -> None:
+    """A meta tensor's copy to the CPU gives zeros of its shape and dtype (it holds no values)."""
+    cpu, to = torch.Tensor.cpu, torch.Tensor.to
+    to_float, to_int, item, to_bool = (
+        torch.Tensor.__float__,
+        torch.Tensor.__int__,
+        torch.Tensor.item,
+        torch.Tensor.__bool__,
+    )
 
-    def fake_cpu(self, *args, **kwargs):
-        return torch.zeros(self.shape, dtype=self.dtype) if self.is_meta else cpu(self, *args, **kwargs)
+    def zeros(t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(t.shape, dtype=t.dtype)
 
-    monkeypatch.setattr(torch.Tensor, "cpu", fake_cpu)
+    def fake_to(self, *args, **kwargs):
+        try:
+            return to(self, *args, **kwargs)
+        except NotImplementedError:  # "Cannot copy out of meta tensor": a copy to the CPU
+            return to(zeros(self), *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: zeros(self) if self.is_meta else cpu(self, *a, **k))
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
     monkeypatch.setattr(torch.Tensor, "__float__", lambda self: 0.0 if self.is_meta else to_float(self))
+    monkeypatch.setattr(torch.Tensor, "__int__", lambda self: 0 if self.is_meta else to_int(self))
     monkeypatch.setattr(torch.Tensor, "item", lambda self: 0 if self.is_meta else item(self))
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: False if self.is_meta else to_bool(self))
+
+
+@pytest.fixture
+def meta_copies_to_zeros(monkeypatch):
+    _copying_meta_gives_zeros(monkeypatch)
 
 
 def _record_model_inputs(model: torch.nn.Module) -> list[tuple[str, torch.device]]:
@@ -281,3 +299,43 @@ def test_a_result_left_on_the_device_is_caught(meta_copies_to_zeros):
         model(x)
     with pytest.raises((RuntimeError, NotImplementedError, TypeError)):
         model(x.to("meta")).numpy()
+
+
+def test_the_lab_hands_the_model_tensors_on_its_device(meta_copies_to_zeros):
+    """The faithfulness lab (maps, curves, cascade, knockout, patch lens, the sample-image runs)."""
+    from ui import lab
+
+    model = _small_vit().to("meta")
+    seen = _record_model_inputs(model)
+    cur = _current(model, "devices-test:lab-meta", seed=23)
+    out = {
+        "maps": lab.maps(cur, 3, "mean", 0.0, 0),
+        "curves": lab.curves(cur, 3, "mean", 0.0, 0, 2, 1),
+        "cascade": lab.cascade(cur, 3, "mean", 0.0, 0),
+        "knocked": lab.knocked(cur, ((0, 1), (1, 0)), 3, "mean", 0.0, 0),
+        "patch_lens": lab.patch_lens(cur),
+        "sample_summary": lab.sample_summary(cur, "mean", 0.0, 0, 2, 1, 2),
+        "sample_importance": lab.sample_importance(cur, 2),
+    }
+    assert {d for _, d in seen} == {torch.device("meta")}, [s for s in seen if s[1].type != "meta"]
+    assert out["patch_lens"].shape == (3, 16, 10) and out["knocked"]["probs"].shape == (10,)
+
+
+def test_the_lessons_answers_hand_the_model_tensors_on_its_device(meta_copies_to_zeros):
+    """Every question of the bundled lessons, asked as the Lessons panel asks it (`ui.lessons.truth`).
+
+    On meta a branch on a value always goes one way, so questions that need non-zero position
+    embeddings or defined attention distances are skipped here (the answer is the reason), not checked."""
+    from ui import lessons
+    from vit_core.analysis.questions import Answer
+
+    model = _small_vit().to("meta")
+    seen = _record_model_inputs(model)
+    cur = _current(model, "devices-test:lessons-meta", seed=24)
+    asked = set()
+    for lesson in lessons.all_lessons().values():
+        for i, step in enumerate(lesson.steps):
+            if step.question is not None and isinstance(lessons.truth(lesson, i, cur), Answer):
+                asked.add(step.question.kind)
+    assert {"number", "click_patch", "guess_probability", "yes_no_shuffle"} <= asked
+    assert {d for _, d in seen} == {torch.device("meta")}

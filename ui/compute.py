@@ -7,7 +7,7 @@ on top of it, so moving a slider never re-runs the model. A `Current` is hashed 
 model's id alone), never by its tensors, and pages never spell the ids out.
 
 The model may live on a GPU (`vit_core.devices`): what this module hands the model goes to the
-model's device first (`_to_model`), and every result comes back to the CPU (`_cpu`) before it is
+model's device first (`to_model`), and every result comes back to the CPU (`_cpu`) before it is
 cached or plotted. `Prepared.x` and the cached trace stay on the CPU.
 """
 
@@ -46,7 +46,7 @@ RESULTS = {"max_entries": 64, "ttl": TTL, "show_spinner": False, "hash_funcs": B
 MODEL_RESULTS = {**RESULTS, "max_entries": 8, "hash_funcs": BY_MODEL}
 
 
-def _to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+def to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """An input for `model`, on the model's device (the same tensor on a CPU model)."""
     return x.to(model_device(model))
 
@@ -62,9 +62,9 @@ def _trace_to(trace: ViTTrace, to: Callable[[torch.Tensor], torch.Tensor]) -> Vi
     return dataclasses.replace(trace, **{k: to(v) for k, v in values.items() if isinstance(v, torch.Tensor)})
 
 
-def _trace_on_model(cur: Current) -> ViTTrace:
+def trace_on_model(cur: Current) -> ViTTrace:
     """The cached (CPU) trace, on the model's device, for analyses that run the model's weights on it."""
-    return _trace_to(cur.prep.trace, lambda t: _to_model(t, cur.model))
+    return _trace_to(cur.prep.trace, lambda t: to_model(t, cur.model))
 
 
 def prepare(loaded: LoadedModel, image: ImageChoice) -> Prepared:
@@ -85,7 +85,7 @@ def _prepare(loaded: LoadedModel, choice: ImageChoice) -> dict:
     s = min(1.0, THUMB_PX / max(w, h))
     thumb = image if s == 1.0 else image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
     with torch.no_grad():
-        trace = _trace_to(model.trace(_to_model(steps.tensor, model)), _cpu)
+        trace = _trace_to(model.trace(to_model(steps.tensor, model)), _cpu)
     display = denormalize(steps.tensor, model.cfg)
     return {
         "thumbnail": np.asarray(thumb.convert("RGB")),
@@ -148,7 +148,7 @@ def sample_mean_distance(cur: Current) -> np.ndarray:
     """(L, heads) mean attention distance in pixels, averaged over the bundled sample images."""
     x = torch.cat([preprocess_steps(load_image(d), cur.cfg).tensor for d in sample_files()])
     with torch.no_grad():
-        t = cur.model.trace(_to_model(x, cur.model))
+        t = cur.model.trace(to_model(x, cur.model))
     return _cpu(A.mean_attention_distance(t.attentions, t.grid, t.patch_size, t.num_prefix_tokens)).numpy()
 
 
@@ -164,7 +164,7 @@ def patch_matrix(cur: Current) -> np.ndarray:
 @st.cache_data(**RESULTS)
 def conv_vs_linear(cur: Current) -> dict:
     """The patch embedding by Conv2d and by flatten + Linear: (n, D) each and the largest difference."""
-    r = A.conv_vs_linear(cur.model, _to_model(cur.prep.x, cur.model))
+    r = A.conv_vs_linear(cur.model, to_model(cur.prep.x, cur.model))
     return {
         "conv": _cpu(r["conv"][0]).numpy(),
         "linear": _cpu(r["linear"][0]).numpy(),
@@ -204,7 +204,7 @@ def rollout(cur: Current, head_fusion: str, discard_ratio: float, start_layer: i
 def class_map(cur: Current, target: int, start_layer: int = 0) -> np.ndarray:
     """(gh, gw) Chefer et al. relevance of each patch for class `target` (one forward + backward)."""
     with torch.enable_grad():
-        t = cur.model.trace(_to_model(cur.prep.x, cur.model), target=int(target))
+        t = cur.model.trace(to_model(cur.prep.x, cur.model), target=int(target))
     return _cpu(A.class_attention_map_from_trace(t, start_layer)[0]).numpy()
 
 
@@ -228,13 +228,13 @@ def last_heads(cur: Current, mass: float) -> np.ndarray:
 @st.cache_data(**RESULTS)
 def head_steps(cur: Current, layer: int, head: int, query: int) -> dict[str, np.ndarray]:
     """One head's computation for one query token: q, k, scores, weights, v, output."""
-    return A.head_computation(cur.model, _trace_on_model(cur), layer, head, query)
+    return A.head_computation(cur.model, trace_on_model(cur), layer, head, query)
 
 
 @st.cache_data(**RESULTS)
 def logit_lens(cur: Current) -> np.ndarray:
     """(L+1, classes) class probabilities read off the CLS token after each block."""
-    return _cpu(A.logit_lens(cur.model, _trace_on_model(cur))[0]).numpy()
+    return _cpu(A.logit_lens(cur.model, trace_on_model(cur))[0]).numpy()
 
 
 @st.cache_data(**RESULTS)
@@ -244,7 +244,7 @@ def occluded(cur: Current, patches: tuple[int, ...], mode: str) -> dict:
     if not patches:  # nothing hidden: the forward pass already made
         return {"probs": cur.prep.probs, "display": cur.prep.display}
     with torch.no_grad():
-        probs = _cpu(A.occlude_patches(model, _to_model(x, model), list(patches), mode).softmax(-1)[0]).numpy()
+        probs = _cpu(A.occlude_patches(model, to_model(x, model), list(patches), mode).softmax(-1)[0]).numpy()
         shown = A.occlude_image(x, list(patches), model.patch_size, "mean" if mode == "drop" else mode)
     return {"probs": probs, "display": denormalize(shown, model.cfg)}
 
@@ -253,7 +253,7 @@ def occluded(cur: Current, patches: tuple[int, ...], mode: str) -> dict:
 def shuffled(cur: Current, seed: int) -> dict:
     """The prediction on shuffled patches: positions follow the content, stay with the slot, or are absent."""
     model, x = cur.model, cur.prep.x
-    xm = _to_model(x, model)
+    xm = to_model(x, model)
     with torch.no_grad():
         kept, perm = A.shuffle_patches(model, xm, seed=seed, keep_positions=True)
         moved, _ = A.shuffle_patches(model, xm, perm=perm, keep_positions=False)

@@ -22,7 +22,7 @@ from vit_core import load_image, preprocess_steps
 from vit_core.analysis import faithfulness as F
 from vit_core.limits import current_limits
 
-from .compute import MODEL_RESULTS, RESULTS, TTL, sample_files
+from .compute import MODEL_RESULTS, RESULTS, TTL, sample_files, to_model, trace_on_model
 from .models import BUNDLED_PATH
 from .selection import Current
 from .state import last
@@ -149,19 +149,19 @@ def knocked(
     probabilities (classes,), the rollout (gh, gw) and the class map (gh, gw) for `target`."""
     model = cur.model
     with A.heads_knocked_out(model, heads), torch.enable_grad():
-        t = model.trace(cur.prep.x, target=int(target))
+        t = model.trace(to_model(cur.prep.x, model), target=int(target))
     roll = A.rollout_cls_map(t.attentions.detach(), t.grid, t.num_prefix_tokens, fusion, float(discard), int(start))
     return {
-        "probs": t.logits.detach().double().softmax(-1)[0].numpy(),
-        "rollout": roll[0].numpy(),
-        "class_map": A.class_attention_map_from_trace(t)[0].detach().numpy(),
+        "probs": t.logits.detach().cpu().double().softmax(-1)[0].numpy(),
+        "rollout": roll[0].cpu().numpy(),
+        "class_map": A.class_attention_map_from_trace(t)[0].detach().cpu().numpy(),
     }
 
 
 @st.cache_data(**LAB_RESULTS)
 def patch_lens(cur: Current) -> np.ndarray:
     """(L+1, n, classes) float32: the final norm and head read at every patch token, every depth."""
-    return F.patch_logit_lens(cur.model, cur.prep.trace).numpy().astype(np.float32)
+    return F.patch_logit_lens(cur.model, trace_on_model(cur)).cpu().numpy().astype(np.float32)
 
 
 # ---- a set of images ----
@@ -202,7 +202,7 @@ def _sample_batch(cur: Current, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
     files = sample_files()[: max(1, int(cap))]
     x = torch.cat([preprocess_steps(load_image(d), cur.cfg).tensor for d in files])
     with torch.no_grad():
-        pred = cur.model(x).argmax(-1)
+        pred = cur.model(to_model(x, cur.model)).argmax(-1).cpu()
     return x, pred
 
 

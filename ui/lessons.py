@@ -44,6 +44,7 @@ from vit_core.analysis.questions import (
 from vit_core.lessons import Lesson, LessonError, Step, bundled_lessons, load_lesson, validate
 
 from . import models
+from .compute import to_model, trace_on_model
 from .images import choose_sample, sample_images
 from .navigation import LESSONS_PATH, PAGES
 from .page import clickable_chart
@@ -310,7 +311,7 @@ def truth(lesson: Lesson, i: int, cur: Current) -> Answer | str:
         q = lesson.steps[i].question
         with st.spinner("Asking the model..."):
             try:
-                store[key] = answer(q, cur.model, cur.prep.x, cur.prep.trace)
+                store[key] = answer(q, cur.model, to_model(cur.prep.x, cur.model), trace_on_model(cur))
             except LessonSkip as e:
                 store[key] = e.reason
     return store[key]
