@@ -14,7 +14,9 @@ header(
     "click makes your model the one every page explains.",
 )
 
+T.advance_comparison()  # ViT vs CNN: the CNN starts once the ViT has finished
 run = T.current_run()
+T.comparison_panel()
 if run is not None:
     st.subheader("This session's run")
     T.run_panel(run)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vit_core import costs
+from vit_core import costs, runs
 from vit_core.cnn import CNN_PRESETS, CNNConfig, ResNet
 from vit_core.train import TrainConfig
 
@@ -49,3 +49,104 @@ def test_a_cnn_runs_estimate_uses_the_cnns_flops_and_its_own_speed():
     )
     with pytest.raises(ValueError, match="arch must be"):
         costs.calibrate(1, arch="mlp")
+
+
+# ---- the page: ViT, then CNN, on one budget ---------------------------------------------------
+
+from tests.test_train_page import open_page, poll, set_tiny, texts  # noqa: E402
+from tests.test_train_page import tiny as tiny  # noqa: E402, F401  (the fixture)
+
+
+def _chart(at, key: str) -> dict:
+    import json
+
+    return json.loads(next(c for c in at.get("plotly_chart") if key in c.proto.id).proto.spec)
+
+
+def _table(at) -> dict[str, list]:
+    df = at.dataframe[0].value
+    return {c: list(df[c]) for c in df.columns}
+
+
+def test_vit_then_cnn_on_one_budget_one_chart_results_side_by_side(tiny):
+    at = open_page()
+    set_tiny(at, epochs=2)  # 72 images / batch 8: 18 steps each
+    at.selectbox(key="train_images").set_value(0).run()
+    help_text = at.button(key="train_compare_start").proto.help
+    assert "ViT about" in help_text and "CNN (ResNet) about" in help_text
+    at.button(key="train_compare_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    comp = at.session_state["_train_compare"]
+    vit = at.session_state["train_run"]
+    assert comp.runs == {"vit": vit} and vit.cfg.arch == "vit"
+    assert "waiting; it starts when the ViT has finished" in texts(at, "markdown")
+
+    # the ViT finishes; the page's next draw starts the CNN as the session's one run
+    poll(at, lambda: "resnet" in comp.runs, timeout=120, what="the CNN to start after the ViT")
+    cnn = comp.runs["resnet"]
+    assert at.session_state["train_run"] is cnn and vit.view().status == "finished"
+    a, b = vit.cfg, cnn.cfg
+    assert b.arch == "resnet" and a.replace(arch="resnet") == b  # the same budget: only arch differs
+    poll(at, lambda: cnn.view().status == "finished" and ("ahead" in texts(at, "markdown") or "level" in texts(at, "markdown")), timeout=120, what="the CNN to finish and the verdict")  # fmt: skip
+
+    fig = _chart(at, "train_compare_curves")
+    names = {t["name"] for t in fig["data"]}
+    assert {"ViT: train loss", "ViT: test accuracy", "CNN (ResNet): train loss", "CNN (ResNet): test accuracy"} <= names
+    for label, run in (("ViT", vit), ("CNN (ResNet)", cnn)):
+        v = run.view()
+        acc = next(t for t in fig["data"] if t["name"] == f"{label}: test accuracy")
+        assert [round(y, 6) for y in _values(acc["y"])] == [round(e.acc * 100, 6) for e in v.evals]
+        assert _values(acc["x"]) == [e.step * v.config.batch_size for e in v.evals]
+
+    table = _table(at)
+    vv, cv = vit.view(), cnn.view()
+    row = table[""].index("Test accuracy (all test images)")
+    assert table["ViT"][row] == f"{vv.final.acc:.1%}" and table["CNN (ResNet)"][row] == f"{cv.final.acc:.1%}"
+    row = table[""].index("Forward FLOPs per image")
+    assert table["CNN (ResNet)"][row] == f"{costs.cnn_forward_flops(cnn.cfg.model_config(3)) / 1e6:,.1f} M"
+    assert table["ViT"][row] == f"{costs.forward_flops(vit.cfg, 3) / 1e6:,.1f} M"
+    row = table[""].index("Training images")
+    assert table["ViT"][row] == table["CNN (ResNet)"][row] == "72"
+    verdict = texts(at, "markdown")
+    assert f"the ViT {vv.final.acc * 100:.1f}%, the CNN {cv.final.acc * 100:.1f}%" in verdict
+
+    at.button(key="train_compare_close").click().run()
+    assert "_train_compare" not in at.session_state
+    assert not [c for c in at.get("plotly_chart") if "train_compare_curves" in c.proto.id]
+
+
+def _values(v) -> list:
+    """A plotly JSON array: a list, or numpy's base64 form ({'dtype', 'bdata'})."""
+    if isinstance(v, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def test_a_stopped_vit_leaves_the_cnn_to_the_user_and_one_run_at_a_time_holds(tiny):
+    at = open_page()
+    set_tiny(at, epochs=200)  # long: stopped mid-run
+    at.button(key="train_compare_start").click().run()
+    comp = at.session_state["_train_compare"]
+    vit = comp.runs["vit"]
+    poll(at, lambda: vit.view().step > 0, what="the ViT's first steps")
+    assert at.session_state["train_run"] is vit and vit.view().active
+    vit.stop()
+    poll(at, lambda: not vit.alive and vit.view().done, timeout=60, what="the ViT to stop")
+    at.run()
+    assert "resnet" not in comp.runs  # not started by itself
+    warn = texts(at, "warning")
+    assert "CNN (ResNet)" in warn and "not started" in warn and "stopped" in warn
+    at.button(key="train_compare_next").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    cnn = comp.runs["resnet"]
+    assert cnn.cfg.arch == "resnet" and at.session_state["train_run"] is cnn
+    # one run of this session at a time: the ViT's thread has ended, the CNN is the only one active
+    at.run()
+    assert [r for r in runs.active_runs() if r in (vit, cnn)] == [cnn]
+    assert not [b for b in at.button if b.key in ("train_compare_next", "train_compare_start", "train_start")]
+    cnn.stop()
+    cnn.join(60)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from vit_core.runs import LOADING, PAUSED, QUEUED, TRAINING
 
+from .compare import advance_comparison
 from .lease import RUN_KEY
 from .live import ordinal
 
@@ -33,6 +34,7 @@ def badge_text() -> str | None:
 
 def running_badge() -> None:
     """Draw the badge in the sidebar (nothing when no run of this session is active). Cheap: one `view()`."""
+    advance_comparison()  # a ViT vs CNN comparison's next run starts from whichever page is open
     text = badge_text()
     if text is None:
         return

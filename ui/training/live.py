@@ -14,6 +14,7 @@ import vit_plots as vp
 from ui.page import chart
 from vit_core.runs import LOADING, QUEUED, STOPPING, TRAINING, RunView, TrainingRun
 from vit_core.snapshots import Snapshot
+from vit_plots.images import sharp
 from vit_plots.training import training_curves_figure
 
 from .formatting import fmt_duration, fmt_params
@@ -148,7 +149,11 @@ def curves_figure(v: RunView):
 
 
 def snapshot_panels(run: TrainingRun, v: RunView, snap: Snapshot, key: str) -> None:
-    """Position similarity, filter principal components and the probe's [CLS] attention, side by side."""
+    """Position similarity, filter principal components and the probe's [CLS] attention, side by side
+    (for the CNN baseline, which has neither positions nor attention: its stem filters and the probe's answer)."""
+    if snap.stem_filters is not None:
+        cnn_snapshot_panels(run, v, snap, key)
+        return
     c = st.columns(3)
     with c[0]:
         st.markdown("Position embeddings: cosine similarity")
@@ -163,6 +168,21 @@ def snapshot_panels(run: TrainingRun, v: RunView, snap: Snapshot, key: str) -> N
         fig = _snapshot_figure(run, snap, "cls", v.class_names)
         if fig is not None:
             chart(fig, key=f"train_cls_{key}")
+
+
+def cnn_snapshot_panels(run: TrainingRun, v: RunView, snap: Snapshot, key: str) -> None:
+    """The CNN's snapshot: its first-layer (stem) filters, and the probe image with the model's answer."""
+    c = st.columns([2, 1])
+    with c[0]:
+        st.markdown(f"First-layer filters: all {len(snap.stem_filters)} 3x3 stem filters, each scaled on its own")
+        chart(vp.filters_figure(snap.stem_filters, cols=8, tile_px=36), key=f"train_stem_{key}")
+    with c[1]:
+        p = snap.probe_probs
+        guess = f"{v.class_names[int(p.argmax())]} ({p.max():.0%})" if v.class_names else ""
+        st.markdown(f"A test image · model says {guess}")
+        image = run.test_image(run.probe_index)
+        if image is not None:
+            st.image(sharp(image, min_px=160))
 
 
 def _snapshot_figure(run: TrainingRun, snap: Snapshot, kind: str, class_names: list[str]):

@@ -79,16 +79,19 @@ def actions(run: TrainingRun, v: RunView) -> None:
     """Use the model on every page, download it, resume the run, or start a new one."""
     b = st.columns(4)
     used = st.session_state.get(USED_KEY)
+    cnn = v.config.arch != "vit"  # the explorer pages explain ViTs; the CNN is compared on the Experiments page
     b[0].button(
         "Model in use on every page" if used else "Use this model",
         key="train_use",
         type="primary",
         on_click=use_model,
         args=(run,),
-        disabled=bool(used) or v.checkpoint is None,
+        disabled=bool(used) or v.checkpoint is None or cnn,
         icon=":material/check:" if used else ":material/open_in_new:",
         width="stretch",
-        help="Adds it to the model picker in the sidebar and selects it: every explorer page then shows it.",
+        help="The explorer pages explain Vision Transformers: a CNN has no patches, tokens or attention to show."
+        if cnn
+        else "Adds it to the model picker in the sidebar and selects it: every explorer page then shows it.",
     )
     if v.checkpoint is not None and v.checkpoint.is_file():
         path = v.checkpoint

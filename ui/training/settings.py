@@ -17,6 +17,7 @@ from vit_core.runs import APP_PRESETS, BENCHMARKS, check_run_config, max_runs, p
 from vit_core.sources import DataInfo
 from vit_core.train import TrainConfig
 
+from .compare import LABELS, same_budget, start_comparison
 from .data_picker import data_picker
 from .formatting import fmt_duration, fmt_params
 from .lease import RUN_KEY, show_error, start_run
@@ -82,9 +83,10 @@ def _save_form() -> None:
     st.session_state[_FORM] = {k: st.session_state[k] for k in FORM_KEYS if k in st.session_state}
 
 
-def server_speed() -> Calibration:
-    """This server's training FLOP/s for one run's threads: measured once per process, then cached."""
-    return calibrate(run_threads())
+def server_speed(arch: str = "vit") -> Calibration:
+    """This server's training FLOP/s for one run's threads, for a ViT or the CNN baseline ("resnet"):
+    measured once per process, then cached."""
+    return calibrate(run_threads(), arch=arch)
 
 
 def preset_estimate(key: str, info: DataInfo | None, speed: Calibration) -> float:
@@ -201,14 +203,13 @@ def summary(cfg: TrainConfig, info: DataInfo) -> None:
     """Parameter count, tokens per image, steps and the time estimate, before anything starts (arithmetic only)."""
     k = len(info.class_names)
     params, tokens = model_size(cfg, k)
-    if cfg.arch != "vit":  # the CNN baseline has no tokens; the time estimate stays the ViT's of this shape
+    if cfg.arch != "vit":  # the CNN baseline has no tokens; its FLOPs are counted on its own layers
         params, tokens = cnn_params(cfg, k), 0
     train_size = cfg.train_size or info.train_size
     steps_per_epoch, total = cfg.steps(train_size)
-    speed = server_speed()
+    speed = server_speed(cfg.arch)
     spi = seconds_per_image(cfg, speed, k)
-    eval_size = min(EVAL_SIZE, info.test_size)
-    est = estimate_seconds(cfg, spi, train_size, eval_size, info.test_size)
+    est = run_estimate(cfg, info)
     c = st.columns(4)
     c[0].metric("Parameters", fmt_params(params))
     c[1].metric("Tokens per image", f"{tokens}", help=f"({cfg.img_size}/{cfg.patch_size})² patches + [CLS]")
@@ -217,10 +218,19 @@ def summary(cfg: TrainConfig, info: DataInfo) -> None:
     st.caption(
         f"The estimate counts the model's floating-point operations ({spi * speed.flops_per_s / 1e6:,.0f} MFLOP per "
         f"training image) and divides by this server's speed, measured once when the page was first opened "
-        f"({speed.flops_per_s / 1e9:.1f} GFLOP/s on {speed.threads} thread{'s' if speed.threads != 1 else ''}), "
+        f"({speed.flops_per_s / 1e9:.1f} GFLOP/s for a {'ResNet' if cfg.arch != 'vit' else 'ViT'} on "
+        f"{speed.threads} thread{'s' if speed.threads != 1 else ''}), "
         f"times {total * cfg.batch_size:,} training images, plus the evaluations. Other work on the server, "
         "including other people's runs, makes it longer."
     )
+
+
+def run_estimate(cfg: TrainConfig, info: DataInfo) -> float:
+    """Estimated seconds of a run of `cfg` on `info`'s data on this server now (arithmetic only)."""
+    speed = server_speed(cfg.arch)
+    spi = seconds_per_image(cfg, speed, len(info.class_names))
+    eval_size = min(EVAL_SIZE, info.test_size)
+    return estimate_seconds(cfg, spi, cfg.train_size or info.train_size, eval_size, info.test_size)
 
 
 def cnn_params(cfg: TrainConfig, num_classes: int) -> int:
@@ -251,6 +261,22 @@ def new_run_form() -> None:
         on_click=start_run,
         args=(cfg, source, name),
         icon=":material/play_arrow:",
+    )
+    both = same_budget(cfg) if cfg is not None else None
+    est = (
+        " · ".join(f"{LABELS[a]} about {fmt_duration(run_estimate(c, info))}" for a, c in both.items())
+        if both is not None and info is not None
+        else ""
+    )
+    st.button(
+        "Train the ViT, then the CNN, on this budget",
+        key="train_compare_start",
+        disabled=not ready,
+        on_click=start_comparison,
+        args=(cfg, source),
+        icon=":material/compare_arrows:",
+        help="The ViT of these settings, then the CNN baseline on the same images, epochs, batch, schedule and "
+        "seed; their curves on one chart and their results side by side. " + (f"Estimated: {est}." if est else ""),
     )
     show_error()
     lim = current_limits()
