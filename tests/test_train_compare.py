@@ -53,6 +53,7 @@ def test_a_cnn_runs_estimate_uses_the_cnns_flops_and_its_own_speed():
 
 # ---- the page: ViT, then CNN, on one budget ---------------------------------------------------
 
+from tests._tiny_data import wait_for  # noqa: E402
 from tests.test_train_page import open_page, poll, set_tiny, texts  # noqa: E402
 from tests.test_train_page import tiny as tiny  # noqa: E402, F401  (the fixture)
 
@@ -81,8 +82,13 @@ def test_vit_then_cnn_on_one_budget_one_chart_results_side_by_side(tiny):
     assert comp.runs == {"vit": vit} and vit.cfg.arch == "vit"
     assert "waiting; it starts when the ViT has finished" in texts(at, "markdown")
 
-    # the ViT finishes; the page's next draw starts the CNN as the session's one run
-    poll(at, lambda: "resnet" in comp.runs, timeout=120, what="the CNN to start after the ViT")
+    # the ViT finishes while another page is open: that page's next draw starts the CNN as the session's one run
+    wait_for(lambda: vit.view().status == "finished" and not vit.alive, timeout=120, what="the ViT to finish")
+    assert "resnet" not in comp.runs
+    at.switch_page("pages/1_overview.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "resnet" in comp.runs
+    at.switch_page("pages/7_train.py").run()
     cnn = comp.runs["resnet"]
     assert at.session_state["train_run"] is cnn and vit.view().status == "finished"
     a, b = vit.cfg, cnn.cfg
