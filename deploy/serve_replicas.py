@@ -175,6 +175,8 @@ def serve(
         raise ServeError("nothing to serve: give at least one replica port or --remote address")
     run = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="vit-explorer-proxy-"))
     run.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # nginx's workers then run as "nobody": let them reach their temp folders in here
+        run.chmod(0o711)
     upstreams = [f"127.0.0.1:{p}" for p in ports] + list(remote)
     served = Served(f"http://{listen}", upstreams, run)
     full_env = {**os.environ, **(env or {})}
@@ -208,11 +210,12 @@ def serve(
         check = subprocess.run([*args, "-t"], capture_output=True, text=True)
         if check.returncode != 0:
             raise ServeError(f"nginx refused the config {conf}:\n{check.stderr.strip()}")
-        served.nginx = subprocess.Popen(args, cwd=run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(run / "nginx.out", "w") as out:
+            served.nginx = subprocess.Popen(args, cwd=run, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while not _healthy(served.url):
             if served.nginx.poll() is not None:
-                raise ServeError(f"nginx exited: {served.nginx.stderr.read().decode(errors='replace').strip()[-600:]}")
+                raise ServeError(f"nginx exited: {(run / 'nginx.out').read_text().strip()[-600:]}")
             if time.time() > deadline:
                 raise ServeError(f"nginx did not answer on {served.url} in 20 s; see {run / 'error.log'}")
             time.sleep(0.2)
