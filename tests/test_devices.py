@@ -339,3 +339,32 @@ def test_the_lessons_answers_hand_the_model_tensors_on_its_device(meta_copies_to
                 asked.add(step.question.kind)
     assert {"number", "click_patch", "guess_probability", "yes_no_shuffle"} <= asked
     assert {d for _, d in seen} == {torch.device("meta")}
+
+
+# ---- the sidebar says which device runs the model ----
+
+
+def _sidebar_captions(monkeypatch, setting: str | None) -> list:
+    from streamlit.testing.v1 import AppTest
+
+    if setting is None:
+        monkeypatch.delenv(DEVICE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(DEVICE_ENV, setting)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
+    at.session_state["model_choice"] = "untrained"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return [c for c in at.sidebar.caption if c.value.startswith("Model runs on:")]
+
+
+def test_the_sidebar_says_which_device_runs_the_model(monkeypatch):
+    (line,) = _sidebar_captions(monkeypatch, None)
+    assert line.value == "Model runs on: CPU (1 thread)"  # the untrained CIFAR ViT: one thread (vit_core.threads)
+    assert "VIT_EXPLORER_DEVICE" in line.help
+
+
+def test_a_setting_the_server_cannot_meet_is_said_and_the_app_runs_on_the_cpu(monkeypatch):
+    (line,) = _sidebar_captions(monkeypatch, "gpu")
+    assert line.value == "Model runs on: CPU (1 thread) · VIT_EXPLORER_DEVICE=gpu could not be used"
+    assert "'gpu' is not one of auto, cpu, cuda, cuda:N, mps: the model runs on the CPU" in line.help

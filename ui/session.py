@@ -8,7 +8,7 @@ import logging
 import streamlit as st
 from torch import nn
 
-from vit_core.devices import device_label, model_device, server_device
+from vit_core.devices import DEVICE_ENV, device_label, model_device, server_device
 from vit_core.threads import use_inference_threads
 from vit_plots.images import sharp
 
@@ -73,8 +73,9 @@ def _device_line(model: nn.Module, threads: int) -> None:
     choice = server_device()
     if choice.note:
         _log_once(choice.note)
+    unmet = f" · {DEVICE_ENV}={choice.setting} could not be used" if choice.note else ""
     st.sidebar.caption(
-        f"Model runs on: {device_label(model_device(model), threads)}",
+        f"Model runs on: {device_label(model_device(model), threads)}{unmet}",
         help=choice.note or "Set by the server (`VIT_EXPLORER_DEVICE`: auto, cpu, cuda, mps; auto by default).",
     )
 
