@@ -469,6 +469,7 @@ async def run_class(
     report["disk_before_bytes"] = folder_bytes(tmp)
     report["rss_before_mib"] = server.rss_mib()
     report["load_before"] = os.getloadavg()
+    cpu0 = (process_cpu_s(server.proc.pid), machine_cpu_s())
     rss: list[float] = []
     disk_peak = 0
     stop = asyncio.Event()
@@ -501,6 +502,9 @@ async def run_class(
             await browser.close()
     report["wall_s"] = time.perf_counter() - t0
     report["load_after"] = os.getloadavg()
+    # who had the CPU: on one machine the class's browser tabs share the cores with the server
+    report["server_cpu_s"] = process_cpu_s(server.proc.pid) - cpu0[0]
+    report["machine_cpu_s"] = machine_cpu_s() - cpu0[1]
     report["rss_peak_mib"] = max(rss, default=float("nan"))
     # every tab is closed: Streamlit ends the sessions, which removes what they uploaded
     deadline = time.monotonic() + 30
@@ -580,6 +584,13 @@ def print_class(report: dict) -> None:
         f"  server RSS: {report['rss_before_mib']:.0f} MiB before, peak {report['rss_peak_mib']:.0f} MiB, "
         f"{report['rss_after_mib']:.0f} MiB after"
     )
+    if "server_cpu_s" in report:
+        cores_s = (os.cpu_count() or 1) * report["wall_s"]
+        print(
+            f"  CPU during the class: the app server {report['server_cpu_s']:.0f} s, the whole machine "
+            f"{report['machine_cpu_s']:.0f} s of {cores_s:.0f} s available ({report['server_cpu_s'] / max(report['machine_cpu_s'], 1e-9):.0%} "
+            f"the server; the rest is the {report['sessions']} browser tabs and anything else running here)"
+        )
     print(
         f"  server temp folder: {report['disk_before_bytes']} bytes before, {report['disk_end_of_class_bytes']} at the "
         f"end of the class, {report['disk_after_bytes']} after the tabs closed; left behind: {report['left_behind'] or 'nothing'}",
