@@ -18,6 +18,10 @@ as it is then (`vit_core.snapshots.Snapshot`). Where the images come from is
 `vit_core.sources`, what a run will cost `vit_core.costs`, the CIFAR-10 download on a thread
 `vit_core.download_job`.
 
+Where runs train is `vit_core.run_backend`'s choice: threads of this process (this module) by
+default, actors on a Ray cluster with `VIT_EXPLORER_RAY_ADDRESS` (`vit_core.ray_runs`); a front
+end calls `vit_core.run_backend.start_run(...)` and gets either, with the same methods and `view()`.
+
 Server-wide settings (environment variables, read when used):
     VIT_EXPLORER_MAX_RUNS      concurrent training threads in this process (default 2)
     VIT_EXPLORER_RUN_GRACE_S   seconds a run whose owner disconnected keeps going, waiting

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from ui.models import register_session_model
+from vit_core import run_backend
 from vit_core.errors import VitCoreError
 from vit_core.model import VisionTransformer
 from vit_core.runs import TrainingRun
@@ -78,9 +79,8 @@ def start_run(cfg: TrainConfig, source: DataSource, name: str) -> None:
     if old is not None and (old.alive or old.view().active):
         st.session_state[ERROR_KEY] = "This session is already training a model: one run per session. Stop it first."
         return
-    run = TrainingRun(cfg, source, owner_alive=owner_probe(), name=name)
     try:
-        run.start()
+        run = run_backend.start_run(cfg, source, owner_alive=owner_probe(), name=name)  # this process, or a Ray cluster
     except VitCoreError as e:
         st.session_state[ERROR_KEY] = str(e)
         return
