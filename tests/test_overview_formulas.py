@@ -167,9 +167,9 @@ def test_pooling_and_final_norm_are_named_as_computed():
     assert (
         a.head[0].latex == r"y = \mathrm{Head}(\mathrm{LN}_\text{fc}(\tfrac{1}{n}\textstyle\sum_{i=0}^{N-1} [z_L]^i))"
     )
-    assert "mean of the<br>patch tokens" in a.stages[5].detail and "[CLS]" not in a.stages[5].detail
+    assert a.stages[5].detail == "LayerNorm + Linear<br>on the patches' mean" and "[CLS]" not in a.stages[5].detail
     a = architecture(build(VARIANTS["avg_all_no_norm"]).cfg)
-    assert "LN" not in a.head[0].latex and a.stages[5].detail.startswith("no final norm")
+    assert "LN" not in a.head[0].latex and a.stages[5].detail == "Linear (no final norm)<br>on all tokens' mean"
     assert "no LayerNorm after the last block" in a.notes
     a = architecture(build({}).cfg)
     assert a.head[0].latex == r"y = \mathrm{Head}([\mathrm{LN}(z_L)]^0)" and a.notes == []
@@ -268,7 +268,7 @@ def test_overview_page_draws_the_loaded_models_architecture(tmp_path, name):
     elif name == "simple_vit":
         assert "sine-cosine" in diagram and "LayerNorm, Linear, LayerNorm" in diagram and "[CLS]" not in diagram
     else:
-        assert "no position embedding" in diagram and "no final norm" in diagram
+        assert "no position embedding" in diagram and "(no final norm)" in diagram
 
 
 def test_overview_page_writes_the_paper_vit_for_a_standard_model(tmp_path):

@@ -151,17 +151,17 @@ def _head_shape(cfg: ViTConfig) -> str:
 
 def _pooled_words(cfg: ViTConfig) -> str:
     if cfg.global_pool == "avg":
-        return "the mean of the<br>patch tokens"
+        return "the patches' mean"
     if cfg.global_pool == "avg_all":
-        return "the mean of<br>all tokens"
-    return "[CLS] and the<br>distillation token" if cfg.distill_token else "[CLS]"
+        return "all tokens' mean"
+    return "[CLS] and the dist. token" if cfg.distill_token else "[CLS]"
 
 
 def _head_detail(cfg: ViTConfig) -> str:
     final = cfg.final_norm and not cfg.use_fc_norm
-    norm = "LayerNorm + " if final or cfg.use_fc_norm else "no final norm;<br>"
-    head = "Linear" if cfg.num_classes > 0 else "no classifier (features)"
-    return f"{norm}{head} on {_pooled_words(cfg)}"
+    head = "Linear" if cfg.num_classes > 0 else "no classifier"
+    first = f"LayerNorm + {head}" if final or cfg.use_fc_norm else f"{head} (no final norm)"
+    return f"{first}<br>on {_pooled_words(cfg)}"
 
 
 # ---- the formulas ----------------------------------------------------------------------------

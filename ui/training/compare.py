@@ -75,29 +75,49 @@ def start_comparison(cfg: TrainConfig, source: DataSource) -> None:
     st.session_state[COMPARE_KEY] = comp
 
 
-def _start_next(comp: Comparison) -> None:
+def _start_next(comp: Comparison) -> bool:
+    """Start the comparison's next run; True when it started (or queued)."""
     arch = comp.next_arch()
     if arch is None:
-        return
+        return False
     before = st.session_state.get(RUN_KEY)
     start_run(comp.configs[arch], comp.source, comp.names[arch])
     run = st.session_state.get(RUN_KEY)
     if run is not None and run is not before:
         comp.runs[arch] = run
+        return True
+    return False
 
 
-def advance_comparison() -> None:
-    """Start the comparison's next run once the one before it has finished (any page calls this
-    when it draws; cheap: one `view()`). A stopped or failed run is left for the user to decide."""
-    comp = current()
-    if comp is None:
-        return
+def _previous(comp: Comparison) -> TrainingRun | None:
+    """The run before the next one to start (None when none is left to start, or none came before)."""
     arch = comp.next_arch()
     if arch is None or arch == ORDER[0]:
-        return
-    prev = comp.runs[ORDER[ORDER.index(arch) - 1]]
+        return None
+    return comp.runs[ORDER[ORDER.index(arch) - 1]]
+
+
+def advance_comparison() -> bool:
+    """Start the comparison's next run once the one before it has finished (any page calls this
+    when it draws; cheap: one `view()`). A stopped or failed run is left for the user to decide.
+    True when a run was started."""
+    comp = current()
+    prev = _previous(comp) if comp is not None else None
+    if prev is None:
+        return False
+    # its thread ends just after it says "finished": until then the session's one run is still its
     if prev.view().status == FINISHED and not prev.alive:
-        _start_next(comp)
+        return _start_next(comp)
+    return False
+
+
+def _waiting(comp: Comparison) -> bool:
+    """True while the next run will start by itself: the run before it is active or has just finished."""
+    prev = _previous(comp)
+    if prev is None:
+        return False
+    v = prev.view()
+    return v.active or v.status == FINISHED
 
 
 def close_comparison() -> None:
@@ -123,10 +143,12 @@ def comparison_panel() -> None:
         "first. Each is an ordinary run of this session: one trains at a time."
     )
     views = {arch: run.view() for arch, run in comp.runs.items()}
-    if any(v.active for v in views.values()):
+    if any(v.active for v in views.values()) or _waiting(comp):
 
         @st.fragment(run_every=POLL_S * 2)
         def _live() -> None:
+            if advance_comparison():
+                st.rerun()  # the next run started: redraw the page with it
             _body(comp, {arch: run.view() for arch, run in comp.runs.items()}, live=True)
 
         _live()
