@@ -128,7 +128,7 @@ def test_same_run_through_both_backends_gives_the_same_metrics_model_and_file(en
 
 
 def test_pause_stop_resume_through_the_actor_equals_an_uninterrupted_run(env, monkeypatch, folder):
-    cfg = tiny_config(epochs=30)  # 270 steps of milliseconds
+    cfg = tiny_config(epochs=12)  # 108 steps of milliseconds
     straight = start(env, monkeypatch, "local", cfg, folder, snapshots=4)  # the reference, meanwhile
     run = start(env, monkeypatch, "ray", cfg, folder, snapshots=4)
     wait_for(lambda: run.view().status != "queued", timeout=60, what="the actor to be placed")
@@ -137,7 +137,7 @@ def test_pause_stop_resume_through_the_actor_equals_an_uninterrupted_run(env, mo
     held_at = run.view().step
     time.sleep(0.8)
     v = run.view()
-    assert v.status == "paused" and v.held and v.step == held_at < 270
+    assert v.status == "paused" and v.held and v.step == held_at < 108
     run.stop()  # while paused: stops before the next step
     assert run.view().status in ("stopping", "stopped")
     assert run.join(60)
@@ -152,9 +152,9 @@ def test_pause_stop_resume_through_the_actor_equals_an_uninterrupted_run(env, mo
     assert run.join(90)
     v = run.view()
     assert v.status == "finished", v.message
-    assert v.steps == list(range(1, 271))  # no step lost or repeated over the stop
+    assert v.steps == list(range(1, 109))  # no step lost or repeated over the stop
     snap_steps = [s.step for s in v.snapshots]
-    assert snap_steps == sorted(set(snap_steps)) and snap_steps[-1] == 270
+    assert snap_steps == sorted(set(snap_steps)) and snap_steps[-1] == 108
 
     assert straight.join(90)
     w = straight.view()
