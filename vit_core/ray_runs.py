@@ -492,6 +492,8 @@ class RayRun:
             self._ctl += 1
             thread = threading.Thread(target=self._main, args=(resume,), name=f"vit-ray-{self.id}", daemon=True)
             self._thread = thread
+        with _WAITING_LOCK:  # in the order of the clicks, not of the threads
+            _WAITING.append(self)
         thread.start()
 
     def pause(self) -> None:
@@ -656,8 +658,6 @@ class RayRun:
         actor = _actor_class().options(num_cpus=cpus, num_gpus=gpus, resources={SLOT_RESOURCE: 1}).remote(self.id)
         with self.lock:
             self._actor = actor
-        with _WAITING_LOCK:
-            _WAITING.append(self)
         ready = actor.ready.remote()
         while not ray.wait([ready], timeout=POLL_S)[0]:
             if self._stop_requested.is_set():
