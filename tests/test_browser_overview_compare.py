@@ -151,7 +151,8 @@ def test_train_vit_then_cnn_on_one_budget(server, browser):
         idle(pg, settle=2.0)
         text = pg.locator('[data-testid="stMain"]').inner_text()
         assert re.search(r"the ViT \d+\.\d%, the CNN \d+\.\d%", text)
-        assert "Forward FLOPs per image" in text
+        assert "ViT vs CNN on the same budget" in text
+        assert pg.locator('[data-testid="stDataFrame"]').count() >= 1  # the side-by-side table (drawn on a canvas)
         for width in (1100, 1400):
             pg.set_viewport_size({"width": width, "height": 1000})
             idle(pg, settle=1.0)

@@ -111,6 +111,10 @@ def test_vit_then_cnn_on_one_budget_one_chart_results_side_by_side(tiny):
     row = table[""].index("Forward FLOPs per image")
     assert table["CNN (ResNet)"][row] == f"{costs.cnn_forward_flops(cnn.cfg.model_config(3)) / 1e6:,.1f} M"
     assert table["ViT"][row] == f"{costs.forward_flops(vit.cfg, 3) / 1e6:,.1f} M"
+    row = table[""].index("Parameters")
+    assert table["ViT"][row] == f"{vv.params:,}" and table["CNN (ResNet)"][row] == f"{cv.params:,}"
+    assert cv.params == ResNet(cnn.cfg.model_config(3)).num_params()
+    assert "A CNN has no position embeddings" in texts(at, "caption")  # the snapshot note says what a CNN's shows
     row = table[""].index("Training images")
     assert table["ViT"][row] == table["CNN (ResNet)"][row] == "72"
     verdict = texts(at, "markdown")

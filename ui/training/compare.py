@@ -23,7 +23,7 @@ from vit_core.sources import DataSource
 from vit_core.train import TrainConfig
 from vit_plots.run_comparison import RunCurves, run_comparison_figure
 
-from .formatting import fmt_duration, fmt_params
+from .formatting import fmt_duration
 from .lease import RUN_KEY, show_error, start_run
 from .live import POLL_S
 
@@ -244,7 +244,7 @@ def results_table(comp: Comparison, views: dict[str, RunView]) -> dict[str, list
             f"{v.final.acc:.1%}" if v.final is not None else "–",
             f"{best:.1%}" if best is not None else "–",
             f"{np.mean(v.loss[-20:]):.3f}" if v.loss else "–",
-            fmt_params(v.params) if v.params else "–",
+            f"{v.params:,}" if v.params else "–",
             f"{forward_flops(cfg.replace(img_size=v.config.img_size), k) / 1e6:,.1f} M",
             f"{v.train_size:,}" if v.train_size else "–",
             f"{v.step:,} of {v.total_steps:,}",

@@ -28,6 +28,11 @@ SNAPSHOT_NOTE = (
     "learns where patches are. Middle: the main directions in the patch filters, random at first, smooth colour "
     "and edge detectors later. Right: where the [CLS] token gathers information from, by attention rollout."
 )
+CNN_SNAPSHOT_NOTE = (
+    "Every so often the training thread takes these pictures of the CNN. Left: its first-layer filters, each 3x3 "
+    "convolution kernel of the stem shown as a tiny colour image (random at first). Right: its answer on one test "
+    "image. A CNN has no position embeddings and no attention to show."
+)
 DRAWN_ACTIVE_KEY = "_train_drawn_active"  # the page was last drawn with the run active
 _FIGURES = "_train_figures"  # snapshot figures already built, by (run id, step, kind)
 
@@ -54,10 +59,15 @@ def live_view(run: TrainingRun) -> None:
             snap = v.snapshots[-1]
             st.markdown(f"**What the model has learned so far** (step {snap.step:,}, epoch {snap.epoch:.2f})")
             snapshot_panels(run, v, snap, "live")
-            st.caption(SNAPSHOT_NOTE)
+            st.caption(snapshot_note(snap))
 
     live_fragment()
     snapshot_fragment()
+
+
+def snapshot_note(snap: Snapshot) -> str:
+    """What the snapshot panels show, for a ViT's snapshot or the CNN's."""
+    return CNN_SNAPSHOT_NOTE if snap.stem_filters is not None else SNAPSHOT_NOTE
 
 
 def ordinal(n: int) -> str:

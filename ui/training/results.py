@@ -13,7 +13,7 @@ from vit_plots.training import confusion_figure, per_class_figure
 
 from .formatting import fmt_duration
 from .lease import USED_KEY, discard_run, resume_run, show_error, use_model
-from .live import POLL_S, SNAPSHOT_NOTE, curves_figure, snapshot_panels
+from .live import POLL_S, curves_figure, snapshot_note, snapshot_panels
 
 
 def results(run: TrainingRun, v: RunView) -> None:
@@ -135,7 +135,7 @@ def snapshot_scrubber(run: TrainingRun, v: RunView) -> None:
     snap = v.snapshots[steps.index(st.session_state["train_snapshot"])]
     st.caption(f"Step {snap.step:,} (epoch {snap.epoch:.2f}).")
     snapshot_panels(run, v, snap, "final")
-    st.caption(SNAPSHOT_NOTE)
+    st.caption(snapshot_note(snap))
 
 
 def where_it_goes_wrong(final: EvalResult) -> None:
