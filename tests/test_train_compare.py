@@ -160,3 +160,23 @@ def test_a_stopped_vit_leaves_the_cnn_to_the_user_and_one_run_at_a_time_holds(ti
     assert not [b for b in at.button if b.key in ("train_compare_next", "train_compare_start", "train_start")]
     cnn.stop()
     cnn.join(60)
+
+
+# ---- the chart -------------------------------------------------------------------------------
+
+
+def test_comparison_chart_puts_runs_of_two_batch_sizes_on_one_images_axis():
+    from vit_plots.run_comparison import RunCurves, run_comparison_figure
+
+    a = RunCurves("ViT", 64, [1, 2, 3], [2.0, 1.5, 1.0], [3], [1.2], [0.4])
+    b = RunCurves("CNN (ResNet)", 32, [1, 2, 3, 4, 5, 6], [2.0] * 6, [6], [1.1], [0.5])
+    fig = run_comparison_figure([a, b], total_images=192)
+    acc = {t.name: t for t in fig.data if t.name.endswith("test accuracy")}
+    assert list(acc["ViT: test accuracy"].x) == [192] == list(acc["CNN (ResNet): test accuracy"].x)
+    assert list(acc["ViT: test accuracy"].y) == [40.0] and list(acc["CNN (ResNet): test accuracy"].y) == [50.0]
+    assert fig.data[0].line.color != fig.data[3].line.color  # one colour per run
+    assert list(fig.layout.xaxis.range) == [0, 192]
+    with pytest.raises(ValueError, match="one value per step"):
+        run_comparison_figure([RunCurves("x", 8, [1, 2], [1.0])])
+    with pytest.raises(ValueError, match="no runs"):
+        run_comparison_figure([])
