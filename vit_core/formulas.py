@@ -61,7 +61,7 @@ class Architecture:
     def latex(self) -> str:
         """Every formula as one `gathered` block, a line per step (a long single line overflows
         the page's main column below ~1400 px)."""
-        groups = [self.embed, self.block, self.attention[:2], self.attention[2:] + self.mlp, self.head]
+        groups = [self.embed, self.block, self.attention[:2], self.attention[2:], self.mlp, self.head]
         lines = [r",\qquad ".join(s.latex for s in g) for g in groups if g]
         return r"\begin{gathered}" + r"\\ ".join(lines) + r"\end{gathered}"
 
