@@ -161,6 +161,7 @@ def main() -> None:
     )
     t = time.perf_counter()
     ray.init(
+        address="local",
         num_cpus=max(args.slots, os.cpu_count() or 1),
         num_gpus=torch.cuda.device_count() if args.gpus else 0,
         resources={ray_runs.SLOT_RESOURCE: args.slots},
@@ -169,10 +170,10 @@ def main() -> None:
     )
     print(f"ray.init (a fresh local instance): {time.perf_counter() - t:.1f} s, not counted below")
     t = time.perf_counter()
-    warm = make("ray", bench_config(0.2), source)  # the first actor ships vit_core (py_modules) once
+    warm = make("ray", bench_config(0.2), source)  # a first tiny run: the object store and workers warm up
     warm.start()
     warm.join()
-    print(f"first actor (runtime env set up once per cluster): {time.perf_counter() - t:.1f} s, not counted below")
+    print(f"a first tiny run on Ray (warm-up): {time.perf_counter() - t:.1f} s, not counted below")
     results: dict[str, list[dict[str, float]]] = {"local": [], "ray": []}
     for r in range(args.rounds):
         for backend in ("local", "ray") if r % 2 == 0 else ("ray", "local"):

@@ -30,6 +30,7 @@ SLOTS = 2
 @pytest.fixture(scope="module")
 def cluster():
     ray.init(
+        address="local",  # a new instance, even where `ray start` made one on this machine
         num_cpus=2,
         resources={SLOT_RESOURCE: SLOTS},
         include_dashboard=False,

@@ -165,8 +165,14 @@ def connect(address: str) -> None:
                 else:  # other nodes import the app's vit_core, not whatever they may have installed
                     ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, runtime_env=_job_runtime_env())
             except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ValueError...
+                hint = (
+                    " A ray:// address needs ray[client] (requirements-scale.txt) and the cluster's token: copy "
+                    "~/.ray/auth_token from the head node and set RAY_AUTH_MODE=token."
+                    if address.startswith("ray://")
+                    else ""
+                )
                 raise RunBackendError(
-                    f"Cannot reach the Ray cluster at {address!r} ({RAY_ADDRESS_ENV}): {type(e).__name__}: {e}"
+                    f"Cannot reach the Ray cluster at {address!r} ({RAY_ADDRESS_ENV}): {type(e).__name__}: {e}.{hint}"
                 ) from e
         slots = ray.cluster_resources().get(SLOT_RESOURCE, 0)
     if slots < 1:
