@@ -3,7 +3,8 @@
 A local Ray instance (2 CPUs, 2 training slots, no dashboard) serves the whole module. The same
 tiny training goes through both backends and must give the same numbers; pause, resume and stop
 work through the actor; a killed actor ends its run with a message and no half-written file; the
-slot resource, not a loop of ours, queues the third run; the caps reach the actor.
+slot resource, not a loop of ours, queues the third run; the caps reach the actor; the Train page
+drives a Ray run. The last four take longer (several actors each) and are marked slow.
 """
 
 from __future__ import annotations
@@ -276,3 +277,40 @@ def test_a_request_the_cluster_can_never_grant_is_refused_at_start(env, monkeypa
     with pytest.raises(RunBackendError, match="no run could start"):
         run_backend.start_run(tiny_config(), DataSource("path", str(folder)))
     assert ray_runs.waiting_runs() == []
+
+
+@pytest.mark.slow
+def test_the_train_page_drives_a_ray_run_as_it_drives_a_local_one(env, monkeypatch, tmp_path):
+    from tests.test_train_page import open_page, poll, progress_text, set_tiny, texts
+
+    monkeypatch.setenv("VIT_EXPLORER_DATA", str(make_image_folder(tmp_path / "data")))
+    monkeypatch.setenv(ray_runs.RAY_ADDRESS_ENV, "local")
+    at = open_page()
+    total = 360
+    set_tiny(at, epochs=total // 9)
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    run = at.session_state["train_run"]
+    env.append(run)
+    assert isinstance(run, RayRun)
+    poll(at, lambda: run.view().step > 0 and "step" in progress_text(at), timeout=90, what="steps on the page")
+    at.button(key="train_pause").click().run()
+    wait_for(lambda: run.view().held, timeout=30, what="the actor's loop to hold")
+    held_at = run.view().step
+    at.run()
+    assert progress_text(at).startswith("Paused") and at.button(key="train_unpause")
+    at.button(key="train_stop").click().run()
+    assert run.join(60)
+    poll(at, lambda: bool(at.warning), what="the stopped run's results")
+    assert f"Stopped at step {held_at} of {total}" in texts(at, "warning")
+    at.button(key="train_resume").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert run.join(120)
+    poll(at, lambda: bool(at.success), what="the finished run's results")
+    v = run.view()
+    assert v.status == "finished" and v.steps == list(range(1, total + 1))
+    assert f"Finished {total} steps: test accuracy" in texts(at, "success")
+    assert at.get("download_button")  # the checkpoint that came back through the object store
+    at.button(key="train_use").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "is now selected" in texts(at, "info")
