@@ -176,3 +176,50 @@ prompt = "How many patches?"
     assert list(table["step"]) == [1, 2]
     assert table["the model"][0].startswith("skipped: this step looks at layer 20")
     assert table["your guess"][1] == "64" and table["the model"][1] == "64" and table["score"][1] == "100%"
+
+
+def test_lesson_4_with_a_model_trained_in_this_session_answers_from_that_model():
+    """Lesson 4's second half looks at "your model": with a session model registered (here the bundled
+    weights moved by seeded noise, a stand-in for a short run), every step runs and each revealed
+    answer is the library's answer for that model, not the bundled one."""
+    from ui.models import SessionModel
+
+    lesson = {x.id: x for x in bundled_lessons()}["train_one_yourself"]
+    mine = load_checkpoint(BUNDLED).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in mine.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    x = preprocess(load_image(CAT.read_bytes()), mine)
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["model_choice"] = "bundled"
+    at.run()
+    ok(at)
+    at.session_state["session_models"] = {"my run": SessionModel(mine, "session:test-lesson-4")}
+    lessons_page(at)
+    at.button(key="lesson_start_train_one_yourself").click().run()
+    lessons_page(at)
+    guesses = {"yes_no_shuffle": "yes", "pick_layer": 1, "click_patch": 0, "guess_probability": 40}
+    revealed = 0
+    for i, step in enumerate(lesson.steps):
+        assert any(f"step {i + 1} of {len(lesson.steps)}" in c.value for c in at.caption)
+        assert not at.warning, [w.value for w in at.warning]  # nothing skipped: the session model exists
+        if step.question is not None:
+            key = f"lesson_guess_{lesson.id}_{i}"
+            widget = at.radio(key=key) if step.question.kind == "yes_no_shuffle" else None
+            if widget is None:
+                widget = at.slider(key=key) if step.question.kind == "guess_probability" else at.number_input(key=key)
+            widget.set_value(guesses[step.question.kind]).run()
+            at.button(key=f"{key}_reveal").click().run()
+            ok(at)
+            with torch.no_grad():
+                want = answer(step.question, mine, x).text
+            assert [s.value for s in at.success] == [want], (i, step.question.kind)
+            revealed += 1
+        if i + 1 < len(lesson.steps):
+            at.button(key="lesson_next").click().run()
+            ok(at)
+            lessons_page(at)
+    assert revealed == 4
+    assert at.session_state["model_choice"] == "session:my run"
