@@ -174,7 +174,7 @@ def connect(address: str) -> None:
                 raise RunBackendError(
                     f"Cannot reach the Ray cluster at {address!r} ({RAY_ADDRESS_ENV}): {type(e).__name__}: {e}.{hint}"
                 ) from e
-        slots = ray.cluster_resources().get(SLOT_RESOURCE, 0)
+        slots = _cluster_resources(address).get(SLOT_RESOURCE, 0)
     if slots < 1:
         raise RunBackendError(
             f"The Ray cluster at {address!r} offers no '{SLOT_RESOURCE}' resource, so no run could ever start. "
@@ -189,11 +189,20 @@ def cluster_slots() -> float:
     return ray.cluster_resources().get(SLOT_RESOURCE, 0.0) if ray.is_initialized() else 0.0
 
 
-def _check_feasible(cpus: float, gpus: float) -> None:
-    """Refuse a request the whole cluster could never grant (it would wait in Ray's queue forever)."""
+def _cluster_resources(address: str = "") -> dict[str, float]:
+    """The cluster's total resources; a cluster that stopped answering is a RunBackendError."""
     import ray
 
-    have = ray.cluster_resources()
+    try:
+        return ray.cluster_resources()
+    except Exception as e:  # noqa: BLE001 - whatever the connection raises, the page shows a message
+        where = f" at {address!r}" if address else ""
+        raise RunBackendError(f"The Ray cluster{where} does not answer ({type(e).__name__}: {e}).") from e
+
+
+def _check_feasible(cpus: float, gpus: float) -> None:
+    """Refuse a request the whole cluster could never grant (it would wait in Ray's queue forever)."""
+    have = _cluster_resources()
     if have.get("CPU", 0.0) < cpus or have.get("GPU", 0.0) < gpus:
         raise RunBackendError(
             f"Each run asks Ray for {cpus:g} CPU and {gpus:g} GPU ({RUN_CPUS_ENV}, {RUN_GPUS_ENV}), but the whole "
@@ -512,8 +521,7 @@ class RayRun:
             if self._status == TRAINING:
                 self._status = PAUSED
             actor = self._started
-        if actor is not None:
-            actor.pause.remote()
+        _send(actor, "pause")
 
     def unpause(self) -> None:
         with self.lock:
@@ -522,8 +530,7 @@ class RayRun:
             if self._status == PAUSED:
                 self._status = TRAINING
             actor = self._started
-        if actor is not None:
-            actor.unpause.remote()
+        _send(actor, "unpause")
 
     def stop(self) -> None:
         """Stop after the current step (the actor saves last.pt and the model, which then come back).
@@ -542,8 +549,7 @@ class RayRun:
                 self._status = STOPPING
                 self._detail = "stopping after this step"
             actor = self._started
-        if actor is not None:
-            actor.stop.remote()
+        _send(actor, "stop")
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the follower thread; True when it has ended (or never started)."""
@@ -600,8 +606,7 @@ class RayRun:
             note = "The browser session that started this run went away, so the run was stopped."
             self._message = self._end_note = note
             actor = self._started
-        if actor is not None:
-            actor.abandon.remote(note)
+        _send(actor, "abandon", note)
         self.stop()
 
     # -- the follower thread ------------------------------------------------------------
@@ -710,9 +715,9 @@ class RayRun:
             self._wall_before, self._t_launch = wall, None  # the actor counts the slot time from here
             pause, stop = self._pause_requested, self._stop_requested.is_set()
         if stop:  # a click that came while the actor was being started
-            actor.stop.remote()
+            _send(actor, "stop")
         elif pause:
-            actor.pause.remote()
+            _send(actor, "pause")
         self._follow(actor)
 
     def _follow(self, actor: Any) -> None:
@@ -869,6 +874,16 @@ class RayRun:
         model = load_checkpoint(ckpt)
         model.cfg.name = self.name
         return model.eval()
+
+
+def _send(actor: Any, method: str, *args: object) -> None:
+    """A click for the actor, not waited for; an actor that is gone is found by the follower's next poll."""
+    if actor is None:
+        return
+    try:
+        getattr(actor, method).remote(*args)
+    except Exception:  # noqa: BLE001 - the follower reports a lost actor with its message
+        pass
 
 
 def _leave_waiting(run: RayRun) -> None:
