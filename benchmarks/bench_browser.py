@@ -18,7 +18,10 @@ With `--ref GIT_REV` the same measurements run, interleaved round by round, on a
 worktree` of that revision too (e.g. the commit before a change): both apps share the
 machine's load at the same moments, so the two medians compare fairly on a busy machine.
 
-Run:   python benchmarks/bench_browser.py [--rounds 9] [--ref HEAD~3] [--width 1400]
+With `--lab` it measures instead a click on the knockout grid of "Which map to trust" (issue 18's
+"a knockout click < 0.3 s"): each click toggles one head, so the rounds alternate knocked out / back.
+
+Run:   python benchmarks/bench_browser.py [--rounds 9] [--ref HEAD~3] [--width 1400] [--lab]
 """
 
 from __future__ import annotations
@@ -166,6 +169,38 @@ class AttentionPage:
         return (t, *self.last_cost)
 
 
+class LabPage(AttentionPage):
+    """One tab on "Which map to trust": a click on the knockout grid toggles head (2, 2) of layer 2."""
+
+    def __init__(self, browser, url: str, width: int, quiet_ms: int) -> None:
+        self.pg = browser.new_page(viewport={"width": width, "height": 1000})
+        self.quiet_ms = quiet_ms
+        self.received = 0
+        self.pg.on("websocket", lambda ws: ws.on("framereceived", self._count))
+        self.pg.goto(url)
+        self._wait_idle(timeout_s=300)
+        self._nav(LAB)
+        self._wait_idle(timeout_s=900)  # the lab's first run computes every curve
+        self.n = {"knockout": 0}
+
+    def knockout(self) -> float:
+        grid = self.pg.locator(".st-key-lab_heads .js-plotly-plot .nsewdrag").first
+        grid.scroll_into_view_if_needed()
+        time.sleep(0.3)
+        box = grid.bounding_box()
+        rows, cols = self.pg.evaluate(LAB_GRID_JS)
+        x, y = box["x"] + box["width"] * 1.5 / cols, box["y"] + box["height"] * 1.5 / rows
+        self.pg.mouse.move(x, y)
+        time.sleep(0.2)
+        return self._measure(lambda: self.pg.mouse.click(x, y))
+
+
+LAB = "Which map to trust"
+# (layers, heads) of the knockout grid: the heatmap's z is layers x heads
+LAB_GRID_JS = """() => { const d = document.querySelector('.st-key-lab_heads .js-plotly-plot').data[0];
+  return [d.z.length, d.z[0].length]; }"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=9, help="measurements per action and app")
@@ -173,6 +208,7 @@ def main() -> None:
     ap.add_argument("--ref", help="also measure this git revision (a worktree), interleaved")
     ap.add_argument("--width", type=int, default=1400, help="browser window width in px")
     ap.add_argument("--quiet", type=int, default=400, help="ms without change that count as idle")
+    ap.add_argument("--lab", action="store_true", help="only the knockout click on 'Which map to trust' (issue 18)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -192,15 +228,17 @@ def main() -> None:
         p = stack.enter_context(sync_playwright())
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         stack.callback(browser.close)
-        pages = {name: AttentionPage(browser, url, args.width, args.quiet) for name, url in urls.items()}
-        times: dict[str, dict[str, list[tuple[float, int, int]]]] = {name: {a: [] for a in ACTIONS} for name in pages}
+        kind, actions = (LabPage, ("knockout",)) if args.lab else (AttentionPage, ACTIONS)
+        pages = {name: kind(browser, url, args.width, args.quiet) for name, url in urls.items()}
+        times: dict[str, dict[str, list[tuple[float, int, int]]]] = {name: {a: [] for a in actions} for name in pages}
         for r in range(args.warmup + args.rounds):
-            for action in ACTIONS:
+            for action in actions:
                 for name, page in pages.items():
                     t = page.run(action)
                     if r >= args.warmup:
                         times[name][action].append(t)
-        print(f"Attention page, bundled model, sample image, {args.width} px wide; {args.rounds} rounds")
+        where = f"'{LAB}' (knockout grid)" if args.lab else "Attention page"
+        print(f"{where}, bundled model, sample image, {args.width} px wide; {args.rounds} rounds")
         print(
             "seconds from input to idle: median [min - max]; then the median kB received and DOM mutations "
             f"(independent of the machine's load); load average {os.getloadavg()[0]:.1f}"
