@@ -18,6 +18,7 @@ present; with --gpus 1 the actor asks Ray for a GPU).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -191,7 +192,11 @@ def main() -> None:
     ratio = statistics.median(
         b["makespan"] / a["makespan"] for a, b in zip(results["local"], results["ray"], strict=True)
     )
-    print(f"Ray makespan / local makespan: {ratio:.2f}")
+    extra = statistics.median(
+        (b["makespan"] - a["makespan"]) / math.ceil(args.runs / args.slots)
+        for a, b in zip(results["local"], results["ray"], strict=True)
+    )
+    print(f"Ray makespan / local makespan: {ratio:.2f}; Ray's extra seconds per run in a slot: {extra:.1f}")
     print("\nstep rate of one run alone:")
     for backend in ("local", "ray"):
         rate, device = solo_rate(backend, cfg, source)
