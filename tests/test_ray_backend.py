@@ -4,7 +4,8 @@ A local Ray instance (2 CPUs, 2 training slots, no dashboard) serves the whole m
 tiny training goes through both backends and must give the same numbers; pause, resume and stop
 work through the actor; a killed actor ends its run with a message and no half-written file; the
 slot resource, not a loop of ours, queues the third run; the caps reach the actor; the Train page
-drives a Ray run. The last four take longer (several actors each) and are marked slow.
+drives a Ray run. The queue, owner and page tests take longer (several actors, or AppTest) and are
+marked slow: python -m pytest -q tests/test_ray_backend.py -m "slow or not slow".
 """
 
 from __future__ import annotations
@@ -214,7 +215,6 @@ def test_the_slot_resource_queues_the_third_run_and_a_queued_run_can_leave(env, 
 # ---- the caps reach the actor, settings fail clearly ----------------------------------------
 
 
-@pytest.mark.slow
 def test_caps_are_checked_before_ray_and_enforced_in_the_actor(env, monkeypatch, folder):
     monkeypatch.setenv("VIT_EXPLORER_MAX_EPOCHS", "5")
     monkeypatch.setenv(ray_runs.RAY_ADDRESS_ENV, "local")
