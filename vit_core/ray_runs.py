@@ -102,6 +102,10 @@ ACTOR_DIED = (
     "The training process on the Ray cluster ended unexpectedly (its worker or node went away) at step {step}, "
     "so this run stopped there. Nothing of it was saved after that; set up a new run to train again."
 )
+ACTOR_SILENT = (
+    f"The training process on the Ray cluster did not answer for {CALL_TIMEOUT_S:.0f} s (at step {{step}}), so this "
+    "run was ended. Nothing of it was saved after that; set up a new run to train again."
+)
 
 
 class RunBackendError(VitCoreError):
@@ -342,10 +346,11 @@ class RunActor:
     def poll(self, n_steps: int, n_evals: int, n_snapshots: int) -> tuple[RunView, bool, bool]:
         """(the view with only what is new since the counts given, the thread is alive, no resume allowed)."""
         run = self.run
+        alive = run.alive  # before the view: a thread that has ended has left its last state in it
         v = run.view()
         v.steps, v.loss, v.acc, v.lr = v.steps[n_steps:], v.loss[n_steps:], v.acc[n_steps:], v.lr[n_steps:]
         v.evals, v.snapshots = v.evals[n_evals:], v.snapshots[n_snapshots:]
-        return v, run.alive, run._no_resume
+        return v, alive, run._no_resume
 
     def pause(self) -> None:
         self.run.pause()
@@ -631,8 +636,8 @@ class RayRun:
             )
         except (RayActorError, GetTimeoutError) as e:
             step = self._last.step if self._last is not None else 0
-            detail = f" ({type(e).__name__})" if isinstance(e, GetTimeoutError) else ""
-            self._set(status=FAILED, message=ACTOR_DIED.format(step=step) + detail, detail="", final_progress=None)
+            message = (ACTOR_SILENT if isinstance(e, GetTimeoutError) else ACTOR_DIED).format(step=step)
+            self._set(status=FAILED, message=message, detail="", final_progress=None)
         except VitCoreError as e:
             self._set(status=FAILED, message=str(e), detail="", final_progress=None)
         except Exception as e:  # noqa: BLE001 - shown to the user; the follower must end cleanly
@@ -771,7 +776,7 @@ class RayRun:
             self._final_progress = v.final_progress
             if v.status in DONE_STATUSES and v.final is not None and self._final_progress is None:
                 self._final_progress = (v.test_size, v.test_size)  # until the checkpoint is here
-            if ctl == self._ctl and self._status not in DONE_STATUSES or v.status in (FAILED, DIVERGED):
+            if (ctl == self._ctl and self._status not in DONE_STATUSES) or v.status in (FAILED, DIVERGED):
                 # a finished run says so once its checkpoint has arrived (as a run on a thread does)
                 self._status = FINISHING if v.status == FINISHED else v.status
                 self._detail = "bringing the checkpoint back" if v.status == FINISHED else v.detail
