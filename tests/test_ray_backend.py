@@ -10,8 +10,11 @@ marked slow: python -m pytest -q tests/test_ray_backend.py -m "slow or not slow"
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +317,21 @@ def test_the_train_page_drives_a_ray_run_as_it_drives_a_local_one(env, monkeypat
     at.button(key="train_use").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert "is now selected" in texts(at, "info")
+
+
+def test_local_ray_started_from_a_thread_that_ends_outlives_it(tmp_path):
+    # A Streamlit callback runs on a script thread that ends after each run; Ray's local processes
+    # die with the thread that started them unless connect() starts them on a thread of its own.
+    script = (
+        "import sys, threading, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from vit_core.ray_runs import cluster_slots, connect\n"
+        "t = threading.Thread(target=connect, args=('local',)); t.start(); t.join()\n"
+        "time.sleep(3)\n"
+        "print('slots', cluster_slots(), flush=True)\n"
+    )
+    env = {**os.environ, "VIT_EXPLORER_MAX_RUNS": "3", "RAY_ADDRESS": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path
+    )
+    assert "slots 3.0" in out.stdout, out.stdout + out.stderr[-2000:]

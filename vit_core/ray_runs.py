@@ -159,7 +159,7 @@ def connect(address: str) -> None:
         if not ray.is_initialized():
             try:
                 if address == "local":
-                    ray.init(
+                    _init_on_keeper_thread(
                         address="local",  # a new instance, whatever $RAY_ADDRESS says
                         resources={SLOT_RESOURCE: max_runs()},
                         include_dashboard=False,
@@ -167,7 +167,9 @@ def connect(address: str) -> None:
                         log_to_driver=False,
                     )
                 else:  # other nodes import the app's vit_core, not whatever they may have installed
-                    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, runtime_env=_job_runtime_env())
+                    _init_on_keeper_thread(
+                        address=address, namespace=NAMESPACE, log_to_driver=False, runtime_env=_job_runtime_env()
+                    )
             except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ValueError...
                 hint = (
                     " A ray:// address needs ray[client] (requirements-scale.txt) and the cluster's token: copy "
@@ -184,6 +186,34 @@ def connect(address: str) -> None:
             f"The Ray cluster at {address!r} offers no '{SLOT_RESOURCE}' resource, so no run could ever start. "
             f"Start each node with ray start ... --resources='{{\"{SLOT_RESOURCE}\": 2}}' (its training slots)."
         )
+
+
+def _init_on_keeper_thread(**kwargs: Any) -> None:
+    """`ray.init(**kwargs)` on a thread that lives as long as the process.
+
+    The processes a local instance starts (GCS, raylet) are killed when the *thread* that started
+    them ends (Linux's parent-death signal follows the thread), and a Streamlit callback runs on a
+    script thread that ends after each run: Ray would be gone a moment after the first Start.
+    """
+    import ray
+
+    ready = threading.Event()
+    failed: list[BaseException] = []
+
+    def keep() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            failed.append(e)
+            ready.set()
+            return
+        ready.set()
+        threading.Event().wait()  # until the process exits
+
+    threading.Thread(target=keep, name="vit-ray-keeper", daemon=True).start()
+    ready.wait()
+    if failed:
+        raise failed[0]
 
 
 def cluster_slots() -> float:
