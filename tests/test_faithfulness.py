@@ -209,6 +209,31 @@ def test_images_that_hide_the_same_patches_are_forwarded_once():
         assert ins[m].tolist() == pytest.approx(ref_curve(model, x, maps[m].tolist(), 1, 1, True), abs=1e-6)
 
 
+def test_curves_split_over_worker_threads_equal_one_thread_and_leave_the_thread_count(monkeypatch):
+    from vit_core.analysis import faithfulness as F
+
+    model, x = tiny_model(), image()
+    maps = torch.randn(4, 16, generator=torch.Generator().manual_seed(8))
+    monkeypatch.setenv(F.CURVE_WORKERS_ENV, "1")
+    one = deletion_insertion_curves(model, x, maps, 2, k=1, batch_size=9)
+    before = torch.get_num_threads()
+    seen = set()
+    handle = model.register_forward_hook(lambda m, i, o: seen.add(__import__("threading").current_thread().name))
+    try:
+        monkeypatch.setenv(F.CURVE_WORKERS_ENV, "3")
+        many = deletion_insertion_curves(model, x, maps, 2, k=1, batch_size=9)
+    finally:
+        handle.remove()
+    assert len(seen) > 1 and all(name.startswith("curves") for name in seen)  # the batches ran in the workers
+    assert torch.get_num_threads() == before
+    for a, b in zip(one, many):
+        assert torch.allclose(a, b, atol=1e-12)
+    for m in range(4):
+        assert many[0][m].tolist() == pytest.approx(ref_curve(model, x, maps[m].tolist(), 2, 1, False), abs=1e-6)
+    monkeypatch.setenv(F.CURVE_WORKERS_ENV, "lots")
+    assert 1 <= F.curve_workers() <= 4  # a bad setting falls back to the cores
+
+
 def test_curve_batch_size_holds_about_8k_tokens():
     from vit_core.analysis.faithfulness import curve_batch_size
 

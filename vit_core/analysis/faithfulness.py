@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -125,14 +127,61 @@ def _curves(
             unique[key] = len(masks)
             masks.append(hidden)
         slot.append(unique[key])
-    per_batch = math.ceil(len(masks) / math.ceil(len(masks) / batch_size))  # evenly sized batches
-    probs = torch.empty(len(masks), dtype=torch.float64)
-    for start in range(0, len(masks), per_batch):
-        chunk = masks[start : start + per_batch]
-        images = torch.cat([occlude_image(x, hidden, model.patch_size, mode) for hidden in chunk])  # the what-if's painting
-        logits = model(images)
-        probs[start : start + len(chunk)] = logits.double().softmax(-1)[:, int(target)].cpu()
+    workers = max(1, min(curve_workers(), math.ceil(len(masks) / 8)))  # at least 8 images a worker
+    batches = max(workers, math.ceil(len(masks) / batch_size))
+    per_batch = math.ceil(len(masks) / batches)  # evenly sized batches, at least one per worker
+    chunks = [masks[i : i + per_batch] for i in range(0, len(masks), per_batch)]
+    P, t = model.patch_size, int(target)
+
+    def forward(chunk: list[list[int]]) -> Tensor:
+        with torch.no_grad():  # grad mode is per thread: set it in the worker too
+            images = torch.cat([occlude_image(x, hidden, P, mode) for hidden in chunk])  # the what-if's painting
+            return model(images).double().softmax(-1)[:, t].cpu()
+
+    probs = torch.cat(_map_in_threads(forward, chunks, workers))
     return probs[torch.tensor(slot)].reshape(len(orders), len(directions), steps)
+
+
+CURVE_WORKERS_ENV = "VIT_EXPLORER_CURVE_WORKERS"
+
+
+def curve_workers() -> int:
+    """Threads that run the curves' batches side by side, each with one torch thread.
+
+    The curves are hundreds of independent images. Split over threads that each use one torch
+    thread, they use every core without OpenMP's spin-waiting between threads, which on a busy
+    machine makes a 2-thread forward many times slower (see `vit_core.threads`): a thread that
+    gets less CPU only finishes its own batches later. $VIT_EXPLORER_CURVE_WORKERS, else the
+    usable cores (at most 4).
+    """
+    env = os.environ.get(CURVE_WORKERS_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not on every platform
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _map_in_threads(fn: Callable[[list[list[int]]], Tensor], chunks: list, workers: int) -> list[Tensor]:
+    """`[fn(c) for c in chunks]`, over `workers` threads of one torch thread each (in order).
+
+    torch's thread count is one setting for the whole process (a worker setting it changes it for
+    every thread), so it is set to 1 once here and put back afterwards.
+    """
+    if workers <= 1 or len(chunks) <= 1:
+        return [fn(c) for c in chunks]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="curves") as pool:
+            return list(pool.map(fn, chunks))
+    finally:
+        torch.set_num_threads(before)
 
 
 def curve_batch_size(model: VisionTransformer, n: int, tokens_per_batch: int = 8192) -> int:
