@@ -319,7 +319,7 @@ def test_the_train_page_drives_a_ray_run_as_it_drives_a_local_one(env, monkeypat
     assert "is now selected" in texts(at, "info")
 
 
-def test_local_ray_started_from_a_thread_that_ends_outlives_it(tmp_path):
+def test_local_ray_started_from_a_thread_that_ends_outlives_it_and_finds_vit_core(tmp_path):
     # A Streamlit callback runs on a script thread that ends after each run; Ray's local processes
     # die with the thread that started them unless connect() starts them on a thread of its own.
     script = (
@@ -329,9 +329,13 @@ def test_local_ray_started_from_a_thread_that_ends_outlives_it(tmp_path):
         "t = threading.Thread(target=connect, args=('local',)); t.start(); t.join()\n"
         "time.sleep(3)\n"
         "print('slots', cluster_slots(), flush=True)\n"
+        "import ray\n"  # and its workers import vit_core, though this process runs in another folder
+        "from vit_core.ray_runs import SLOT_RESOURCE, _actor_class\n"
+        "a = _actor_class().options(num_cpus=1, resources={SLOT_RESOURCE: 1}).remote('x')\n"
+        "print('placed', bool(ray.get(a.ready.remote(), timeout=120)), flush=True)\n"
     )
     env = {**os.environ, "VIT_EXPLORER_MAX_RUNS": "3", "RAY_ADDRESS": ""}
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path
     )
-    assert "slots 3.0" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "slots 3.0" in out.stdout and "placed True" in out.stdout, out.stdout + out.stderr[-2000:]

@@ -142,7 +142,9 @@ _CONNECT_LOCK = threading.Lock()
 def connect(address: str) -> None:
     """Join the Ray cluster at `address` once per process ("local": start one), and check its slots.
 
-    A process where `ray.init` was already called (a test, a notebook) keeps that connection.
+    A process where `ray.init` was already called (a test, a notebook) keeps that connection; its
+    workers must then be able to import `vit_core` (started in the project folder, or with
+    `runtime_env={"py_modules": [...]}`).
 
     Raises:
         RunBackendError: ray is not installed, the cluster cannot be reached, or it has no
@@ -159,8 +161,12 @@ def connect(address: str) -> None:
         if not ray.is_initialized():
             try:
                 if address == "local":
+                    from ray.job_config import JobConfig
+
                     _init_on_keeper_thread(
                         address="local",  # a new instance, whatever $RAY_ADDRESS says
+                        # the workers import vit_core from here, whatever folder the app was started in
+                        job_config=JobConfig(code_search_path=[str(Path(__file__).resolve().parent.parent)]),
                         resources={SLOT_RESOURCE: max_runs()},
                         include_dashboard=False,
                         namespace=NAMESPACE,
