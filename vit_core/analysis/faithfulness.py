@@ -170,16 +170,20 @@ def curve_workers() -> int:
 def _map_in_threads(fn: Callable[[list[list[int]]], Tensor], chunks: list, workers: int) -> list[Tensor]:
     """`[fn(c) for c in chunks]`, over `workers` threads of one torch thread each (in order).
 
-    torch's thread count is one setting for the whole process (a worker setting it changes it for
-    every thread), so it is set to 1 once here and put back afterwards.
+    Each worker sets one torch thread for itself (OpenMP keeps that per thread), but torch also
+    reports and keeps the last value set process-wide, so the caller's value is put back afterwards.
     """
     if workers <= 1 or len(chunks) <= 1:
         return [fn(c) for c in chunks]
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+
+    def one_thread(c: list[list[int]]) -> Tensor:
+        torch.set_num_threads(1)
+        return fn(c)
+
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="curves") as pool:
-            return list(pool.map(fn, chunks))
+            return list(pool.map(one_thread, chunks))
     finally:
         torch.set_num_threads(before)
 
