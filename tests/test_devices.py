@@ -368,3 +368,20 @@ def test_a_setting_the_server_cannot_meet_is_said_and_the_app_runs_on_the_cpu(mo
     (line,) = _sidebar_captions(monkeypatch, "gpu")
     assert line.value == "Model runs on: CPU (1 thread) · VIT_EXPLORER_DEVICE=gpu could not be used"
     assert "'gpu' is not one of auto, cpu, cuda, cuda:N, mps: the model runs on the CPU" in line.help
+
+
+def test_training_runs_of_this_server_follow_the_device_setting(monkeypatch):
+    """VIT_EXPLORER_DEVICE=cpu keeps a GPU server's in-app training on the CPU too; "auto" keeps
+    choosing the GPU; a run config that names its own device keeps it."""
+    from vit_core import devices
+    from vit_core.run_backend import local_device_config
+    from vit_core.train import TrainConfig
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    monkeypatch.setattr(devices, "mps_available", lambda: False)
+    cfg = TrainConfig()
+    assert cfg.device == "auto"
+    assert local_device_config(cfg, {"VIT_EXPLORER_DEVICE": "cpu"}).device == "cpu"
+    assert local_device_config(cfg, {}).device == "cuda"
+    assert local_device_config(cfg, {"VIT_EXPLORER_DEVICE": "gpu"}).device == "cpu"  # a bad value: the CPU
+    assert local_device_config(cfg.replace(device="cuda:1"), {"VIT_EXPLORER_DEVICE": "cpu"}).device == "cuda:1"

@@ -21,10 +21,11 @@ are `vit_core.ray_runs.RayRun`. A front end makes and starts runs with `start_ru
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from .devices import server_device
 from .ray_runs import RAY_ADDRESS_ENV, RayRun, RunBackendError, connect
 from .runs import RunView, TrainingRun
 from .sources import DataSource
@@ -74,6 +75,17 @@ def backend_name(environ: dict[str, str] | None = None) -> str:
     return RAY if ray_address(environ) else LOCAL
 
 
+def local_device_config(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """`cfg` for a run in this process: device "auto" follows the server's `VIT_EXPLORER_DEVICE`.
+
+    The setting that moves inference to the CPU (or to one GPU) moves this server's training runs
+    too; a config that names its own device keeps it. (A Ray actor resolves "auto" on its node.)
+    """
+    if cfg.device != "auto":
+        return cfg
+    return cfg.replace(device=str(server_device(environ).device))
+
+
 def make_run(
     cfg: TrainConfig,
     source: DataSource,
@@ -93,7 +105,7 @@ def make_run(
     """
     address = ray_address()
     if not address:
-        return TrainingRun(cfg, source, owner_alive=owner_alive, name=name, **options)
+        return TrainingRun(local_device_config(cfg), source, owner_alive=owner_alive, name=name, **options)
     connect(address)
     return RayRun(cfg, source, owner_alive=owner_alive, name=name, **options)
 
