@@ -188,7 +188,7 @@ class LabPage(AttentionPage):
         grid.scroll_into_view_if_needed()
         time.sleep(0.3)
         box = grid.bounding_box()
-        rows, cols = self.pg.evaluate(LAB_GRID_JS)
+        rows, cols = LAB_GRID
         x, y = box["x"] + box["width"] * 1.5 / cols, box["y"] + box["height"] * 1.5 / rows
         self.pg.mouse.move(x, y)
         time.sleep(0.2)
@@ -196,9 +196,17 @@ class LabPage(AttentionPage):
 
 
 LAB = "Which map to trust"
-# (layers, heads) of the knockout grid: the heatmap's z is layers x heads
-LAB_GRID_JS = """() => { const d = document.querySelector('.st-key-lab_heads .js-plotly-plot').data[0];
-  return [d.z.length, d.z[0].length]; }"""
+
+
+def _bundled_grid() -> tuple[int, int]:
+    """(layers, heads) of the bundled model: the knockout grid's rows and columns."""
+    from vit_core import load_checkpoint
+
+    cfg = load_checkpoint(ROOT / "assets" / "vit_cifar10.safetensors").cfg
+    return cfg.depth, cfg.num_heads
+
+
+LAB_GRID = _bundled_grid()
 
 
 def main() -> None:
