@@ -94,7 +94,6 @@ def test_four_concurrent_sessions_each_get_their_own_correct_result():
 
 
 @pytest.mark.browser
-@pytest.mark.slow
 @pytest.mark.skipif(skip_without_browser(), reason="needs Debian's Chromium at /usr/bin/chromium")
 def test_a_small_class_in_classroom_mode_attackers_are_refused_and_nothing_is_left_behind():
     import_playwright("playwright.async_api")
