@@ -192,8 +192,8 @@ def curve_batch_size(model: VisionTransformer, n: int, tokens_per_batch: int = 8
     """Images per forward pass of the curves: about `tokens_per_batch` tokens, 8 to 256 images.
 
     Measured on a 2-core CPU with the bundled model (65 tokens), batches of about 128 images ran
-    faster per image than 64 or 256 (`benchmarks/bench_faithfulness.py`); for ViT-B/16 at 224 px
-    (14 x 14 patches and [CLS]) this gives 41 images, whose activations stay well under 1 GB.
+    faster per image than 64 or 256 (`benchmarks/bench_faithfulness.py`); ViT-B/16 at its ImageNet
+    input size gets about 40 images a batch, whose activations stay well under 1 GB.
     """
     tokens = model.num_prefix_tokens + n  # n: the image's patches
     return max(8, min(256, tokens_per_batch // max(1, tokens)))
