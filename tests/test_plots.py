@@ -293,6 +293,11 @@ def test_head_steps_panels(vit):
     assert np.allclose(fig.data[2].y, steps["output"]) and len(fig.data[2].y) == 8
     assert fig.data[0].zmin == -fig.data[0].zmax
     assert any("CLS" in a.text for a in fig.layout.annotations)
+    # no colour bars (a costly redraw on every slider step): each panel's title states its colour range
+    assert fig.data[0].showscale is False and fig.data[1].showscale is False
+    texts = " ".join(a.text for a in fig.layout.annotations)
+    assert f"red {fig.data[0].zmax:.2f}" in texts and f"blue {-fig.data[0].zmax:.2f}" in texts
+    assert f"yellow {float(np.max(steps['weights'][1:])):.3f}" in texts
     with pytest.raises(ValueError):
         vp.head_steps_figure(steps["scores"][1:], steps["weights"][1:], steps["output"], t.grid, 1)
 

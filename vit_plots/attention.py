@@ -123,7 +123,7 @@ def head_steps_figure(
             "colorscale": named_colorscale("RdBu_r"),
             "zmin": -lim,
             "zmax": lim,
-            "colorbar": {"x": 0.285, "thickness": 10, "len": 0.85},
+            "showscale": False,  # the range is in the panel's title: a colour bar is a costly redraw
             "hovertemplate": "key patch row %{y}, col %{x}<br>score %{z:.3f}<extra></extra>",
             "xaxis": "x",
             "yaxis": "y",
@@ -133,7 +133,7 @@ def head_steps_figure(
             "z": w[k:].reshape(gh, gw),
             "colorscale": named_colorscale("Inferno"),
             "zmin": 0,
-            "colorbar": {"x": 0.635, "thickness": 10, "len": 0.85},
+            "showscale": False,
             "hovertemplate": "key patch row %{y}, col %{x}<br>weight %{z:.4f}<extra></extra>",
             "xaxis": "x2",
             "yaxis": "y2",
@@ -162,8 +162,8 @@ def head_steps_figure(
         }
 
     ann = [
-        title("① scores q·kⱼ/√d", 0.13),
-        title("② softmax → weights", 0.48),
+        title(f"① scores q·kⱼ/√d<br><sup>blue {-lim:.2f} … white 0 … red {lim:.2f}</sup>", 0.13),
+        title(f"② softmax → weights<br><sup>black 0 … yellow {float(w[k:].max()):.3f}</sup>", 0.48),
         title(f"③ Σⱼ weightⱼ vⱼ ({o.size} dims)", 0.84),
     ]
     if k:
@@ -183,7 +183,7 @@ def head_steps_figure(
         )
     grid_axis = {"showticklabels": False, "showgrid": False, "zeroline": False}
     layout = {
-        **base_layout(height, margin={"l": 10, "r": 10, "t": 30, "b": 40}),
+        **base_layout(height, margin={"l": 10, "r": 10, "t": 46, "b": 40}),
         "annotations": ann,
         "xaxis": {**grid_axis, "domain": [0, 0.26], "constrain": "domain"},
         "yaxis": {**grid_axis, "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
