@@ -49,8 +49,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .checkpoints import load_checkpoint
 from .data import ImageDataset
 from .errors import VitCoreError
@@ -73,6 +71,7 @@ from .runs import (
     STOPPED,
     STOPPING,
     TRAINING,
+    RunHandle,
     RunView,
     TrainingRun,
     _StopLoading,
@@ -420,7 +419,7 @@ class RunActor:
 # --------------------------------------------------------------------------------------
 
 
-class RayRun:
+class RayRun(RunHandle):
     """A training run whose training happens in a Ray actor; the same surface as `runs.TrainingRun`.
 
     Args: as `runs.TrainingRun`. `out_dir` is on this machine: the checkpoint and last.pt are
@@ -592,44 +591,7 @@ class RayRun:
             actor = self._started
         _send(actor, "stop")
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the follower thread; True when it has ended (or never started)."""
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
-
-    @property
-    def alive(self) -> bool:
-        """Whether the run is working (waiting for a slot, training, or bringing its files back)."""
-        t = self._thread
-        return t is not None and t.is_alive()
-
-    # -- ownership ----------------------------------------------------------------------
-
-    def attach(self, owner_alive: Callable[[], bool] | None = None) -> None:
-        """The owner is (back) in charge: cancel a pending release."""
-        with self.lock:
-            self._released = False
-            self._owner_gone_since = None
-            if owner_alive is not None:
-                self._owner_alive = owner_alive
-
-    def release(self) -> None:
-        """The owner went away: stop after `release_grace_s()` unless it comes back."""
-        with self.lock:
-            self._released = True
-        self._check_owner(time.monotonic())
-
-    def _owner_gone(self) -> bool:
-        check = self._owner_alive
-        if check is not None:
-            try:
-                return not check()
-            except Exception:  # noqa: BLE001 - a failing probe must not kill the follower
-                return self._released
-        return self._released
+    # -- ownership (join, alive, attach, release: RunHandle) ---------------------------
 
     def _check_owner(self, now: float) -> None:
         if not self.alive:
@@ -651,11 +613,6 @@ class RayRun:
         self.stop()
 
     # -- the follower thread ------------------------------------------------------------
-
-    def _set(self, **fields: object) -> None:
-        with self.lock:
-            for k, v in fields.items():
-                setattr(self, "_" + k, v)
 
     def _main(self, resume: bool) -> None:
         import ray
@@ -819,29 +776,7 @@ class RayRun:
             if v.message and v.status in DONE_STATUSES:
                 self._message = v.message
 
-    def _on_load(self, what: str, done: int, total: int) -> None:
-        if self._stop_requested.is_set():
-            raise _StopLoading
-        detail = "unpacking the archive" if what == "unpacking" else f"reading the {what}"
-        self._set(loading=(what, done, total), detail=detail)
-
-    def _on_download(self, done: int, total: int) -> None:
-        self._set(download=(done, total), detail="downloading CIFAR-10")
-
-    def _wall_used(self, now: float) -> float:
-        return self._wall_before + (now - self._t_launch if self._t_launch is not None else 0.0)
-
     # -- reading (any thread) -----------------------------------------------------------
-
-    def _can_resume_locked(self) -> bool:
-        return (
-            self._status == STOPPED
-            and not self._owner_ended
-            and not self._no_resume
-            and (self._thread is None or not self._thread.is_alive())
-            and (self.out_dir / "last.pt").is_file()
-            and self._data is not None
-        )
 
     def view(self) -> RunView:
         """A consistent copy of the run's state, as `TrainingRun.view()` gives it."""
@@ -855,13 +790,7 @@ class RayRun:
             else:
                 wall = self._wall_used(now)
             return RunView(
-                id=self.id,
-                status=self._status,
-                message=self._message,
-                detail=self._detail,
-                config=self.cfg,
-                source=self.source.label(),
-                out_dir=self.out_dir,
+                **self._view_common_locked(position),
                 step=a.step if a else 0,
                 total_steps=a.total_steps if a else 0,
                 epoch=a.epoch if a else 0.0,
@@ -872,34 +801,10 @@ class RayRun:
                 params=a.params if a else 0,
                 tokens=a.tokens if a else 0,
                 train_size=a.train_size if a else (len(train) if train is not None else 0),
-                test_size=len(test) if test is not None else 0,
                 eval_size=a.eval_size if a else 0,
-                class_names=list(train.class_names) if train is not None else [],
-                steps=list(self._steps),
-                loss=list(self._loss),
-                acc=list(self._acc),
-                lr=list(self._lr),
-                evals=list(self._evals),
-                snapshots=list(self._snapshots),
-                final=self._final,
-                mistakes=list(self._mistakes),
-                checkpoint=self._checkpoint,
-                can_resume=self._can_resume_locked(),
-                paused=self._status == PAUSED,
                 held=bool(a and a.held) and self._status == PAUSED,
-                download=self._download,
-                loading=self._loading,
-                queue_position=position if self._status == QUEUED else 0,
-                final_progress=self._final_progress,
                 wall_seconds=wall,
             )
-
-    def test_image(self, index: int) -> np.ndarray | None:
-        """(H, W, C) uint8 test image `index` (for the mistakes gallery and the probe), or None."""
-        data = self._data
-        if data is None:
-            return None
-        return data[1].images[index].permute(1, 2, 0).numpy()
 
     def export_model(self) -> VisionTransformer:
         """The trained model, read from the checkpoint the actor sent back (CPU, eval mode).

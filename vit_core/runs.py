@@ -58,6 +58,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -336,7 +337,130 @@ class RunView:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
 
-class TrainingRun:
+class RunHandle:
+    """What a run on a thread (`TrainingRun`) and a run on a Ray actor (`vit_core.ray_runs.RayRun`)
+    share: the follower thread, the owner's attach/release, the loading callbacks and the parts of
+    `view()` that both keep the same way. The subclass sets the attributes in `__init__`."""
+
+    lock: threading.Lock
+    _thread: threading.Thread | None
+    _stop_requested: threading.Event
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the run's thread; True when it has ended (or never started)."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    @property
+    def alive(self) -> bool:
+        """Whether the run's thread is running (waiting for a slot, training, or finishing)."""
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    # -- ownership ----------------------------------------------------------------------
+
+    def attach(self, owner_alive: Callable[[], bool] | None = None) -> None:
+        """The owner is (back) in charge: cancel a pending release."""
+        with self.lock:
+            self._released = False
+            self._owner_gone_since = None
+            if owner_alive is not None:
+                self._owner_alive = owner_alive
+
+    def release(self) -> None:
+        """The owner went away (its session ended): stop after `release_grace_s()` unless it comes back.
+
+        With a grace period of 0 the run is stopped at once, without the final evaluation.
+        """
+        with self.lock:
+            self._released = True
+        self._check_owner(time.monotonic())
+
+    def _check_owner(self, now: float) -> None:  # pragma: no cover - each backend has its own
+        raise NotImplementedError
+
+    def _owner_gone(self) -> bool:
+        check = self._owner_alive
+        if check is not None:
+            try:
+                return not check()
+            except Exception:  # noqa: BLE001 - a failing probe must not kill the watchdog
+                return self._released
+        return self._released
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _set(self, **fields: object) -> None:
+        with self.lock:
+            for k, v in fields.items():
+                setattr(self, "_" + k, v)
+
+    def _on_load(self, what: str, done: int, total: int) -> None:
+        if self._stop_requested.is_set():
+            raise _StopLoading
+        detail = "unpacking the archive" if what == "unpacking" else f"reading the {what}"
+        self._set(loading=(what, done, total), detail=detail)
+
+    def _on_download(self, done: int, total: int) -> None:
+        self._set(download=(done, total), detail="downloading CIFAR-10")
+
+    def _wall_used(self, now: float) -> float:
+        return self._wall_before + (now - self._t_launch if self._t_launch is not None else 0.0)
+
+    # -- reading (any thread) -----------------------------------------------------------
+
+    def _can_resume_locked(self) -> bool:
+        return (
+            self._status == STOPPED
+            and not self._owner_ended
+            and not self._no_resume
+            and (self._thread is None or not self._thread.is_alive())
+            and (self.out_dir / "last.pt").is_file()
+            and self._data is not None
+        )
+
+    def _view_common_locked(self, position: int) -> dict[str, Any]:
+        """The `RunView` fields both backends fill the same way (under `self.lock`)."""
+        train, test = self._data if self._data is not None else (None, None)
+        return dict(
+            id=self.id,
+            status=self._status,
+            message=self._message,
+            detail=self._detail,
+            config=self.cfg,
+            source=self.source.label(),
+            out_dir=self.out_dir,
+            test_size=len(test) if test is not None else 0,
+            class_names=list(train.class_names) if train is not None else [],
+            steps=list(self._steps),
+            loss=list(self._loss),
+            acc=list(self._acc),
+            lr=list(self._lr),
+            evals=list(self._evals),
+            snapshots=list(self._snapshots),
+            final=self._final,
+            mistakes=list(self._mistakes),
+            checkpoint=self._checkpoint,
+            can_resume=self._can_resume_locked(),
+            paused=self._status == PAUSED,
+            download=self._download,
+            loading=self._loading,
+            queue_position=position if self._status == QUEUED else 0,
+            final_progress=self._final_progress,
+        )
+
+    def test_image(self, index: int) -> np.ndarray | None:
+        """(H, W, C) uint8 test image `index` (for the mistakes gallery and the probe), or None."""
+        data = self._data
+        if data is None:
+            return None
+        return data[1].images[index].permute(1, 2, 0).numpy()
+
+
+class TrainingRun(RunHandle):
     """One training run on a background thread, observed through `view()`.
 
     Args:
@@ -537,50 +661,11 @@ class TrainingRun:
                 self._status = STOPPING
                 self._detail = "stopping after this step"
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread; True when it has ended (or never started)."""
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
-
-    @property
-    def alive(self) -> bool:
-        """Whether the run's thread is running."""
-        t = self._thread
-        return t is not None and t.is_alive()
-
-    # -- ownership ----------------------------------------------------------------------
-
-    def attach(self, owner_alive: Callable[[], bool] | None = None) -> None:
-        """The owner is (back) in charge: cancel a pending release."""
-        with self.lock:
-            self._released = False
-            self._owner_gone_since = None
-            if owner_alive is not None:
-                self._owner_alive = owner_alive
-
-    def release(self) -> None:
-        """The owner went away (its session ended): stop after `release_grace_s()` unless it comes back.
-
-        With a grace period of 0 the run is stopped at once, without the final evaluation,
-        and its model, optimiser and data are let go when the thread ends.
-        """
-        with self.lock:
-            self._released = True
-        self._check_owner(time.monotonic())
-
-    def _owner_gone(self) -> bool:
-        check = self._owner_alive
-        if check is not None:
-            try:
-                return not check()
-            except Exception:  # noqa: BLE001 - a failing probe must not kill the watchdog
-                return self._released
-        return self._released
+    # -- ownership (attach, release: RunHandle) -----------------------------------------
 
     def _check_owner(self, now: float) -> None:
+        """Stop the run once its owner has been gone for `release_grace_s()`; with a grace of 0 at
+        once, and its model, optimiser and data are let go when the thread ends."""
         if not self.alive and self._status != QUEUED:
             return
         gone = self._owner_gone()
@@ -597,9 +682,6 @@ class TrainingRun:
                 self._end_note = self._message
         if expired:
             self.stop()
-
-    def _wall_used(self, now: float) -> float:
-        return self._wall_before + (now - self._t_launch if self._t_launch is not None else 0.0)
 
     def _check_caps(self, now: float) -> None:
         """Stop a run past the server's wall-clock cap, or paused for longer than `paused_release_s`."""
@@ -630,11 +712,6 @@ class TrainingRun:
         self.stop()
 
     # -- the thread ---------------------------------------------------------------------
-
-    def _set(self, **fields: object) -> None:
-        with self.lock:
-            for k, v in fields.items():
-                setattr(self, "_" + k, v)
 
     def _main(self, resume: bool) -> None:
         torch.set_num_threads(run_threads())  # not whatever the last page run left behind
@@ -807,15 +884,6 @@ class TrainingRun:
         ]
         return final, mistakes
 
-    def _on_load(self, what: str, done: int, total: int) -> None:
-        if self._stop_requested.is_set():
-            raise _StopLoading
-        detail = "unpacking the archive" if what == "unpacking" else f"reading the {what}"
-        self._set(loading=(what, done, total), detail=detail)
-
-    def _on_download(self, done: int, total: int) -> None:
-        self._set(download=(done, total), detail="downloading CIFAR-10")
-
     def _on_step(self, m: StepMetrics) -> None:
         now = time.perf_counter()
         with self.lock:
@@ -882,16 +950,6 @@ class TrainingRun:
 
     # -- reading (any thread) -----------------------------------------------------------
 
-    def _can_resume_locked(self) -> bool:
-        return (
-            self._status == STOPPED
-            and not self._owner_ended
-            and not self._no_resume
-            and (self._thread is None or not self._thread.is_alive())
-            and (self.out_dir / "last.pt").is_file()
-            and self._data is not None
-        )
-
     def view(self) -> RunView:
         """A consistent copy of the run's state (cheap: lists of floats and references)."""
         position = queue_position(self)
@@ -904,13 +962,7 @@ class TrainingRun:
             if self._t_first is not None and self._t_last is not None and self._t_last > self._t_first:
                 wall = (self._n_last - self._n_first) * self.cfg.batch_size / (self._t_last - self._t_first)
             return RunView(
-                id=self.id,
-                status=self._status,
-                message=self._message,
-                detail=self._detail,
-                config=self.cfg,
-                source=self.source.label(),
-                out_dir=self.out_dir,
+                **self._view_common_locked(position),
                 step=m.step if m else (trainer.step if trainer else 0),
                 total_steps=m.total_steps if m else (trainer.total_steps if trainer else 0),
                 epoch=m.epoch if m else 0.0,
@@ -922,34 +974,10 @@ class TrainingRun:
                 tokens=self._tokens,
                 # the images the trainer trains on (a balanced subset when the config sets train_size)
                 train_size=len(trainer.train_data) if trainer is not None else (len(train) if train is not None else 0),
-                test_size=len(test) if test is not None else 0,
                 eval_size=_eval_count(len(test), self.eval_size) if test is not None else 0,
-                class_names=list(train.class_names) if train is not None else [],
-                steps=list(self._steps),
-                loss=list(self._loss),
-                acc=list(self._acc),
-                lr=list(self._lr),
-                evals=list(self._evals),
-                snapshots=list(self._snapshots),
-                final=self._final,
-                mistakes=list(self._mistakes),
-                checkpoint=self._checkpoint,
-                can_resume=self._can_resume_locked(),
-                paused=self._status == PAUSED,
                 held=self._held and self._status == PAUSED,
-                download=self._download,
-                loading=self._loading,
-                queue_position=position if self._status == QUEUED else 0,
-                final_progress=self._final_progress,
                 wall_seconds=self._wall_used(now),
             )
-
-    def test_image(self, index: int) -> np.ndarray | None:
-        """(H, W, C) uint8 test image `index` (for the mistakes gallery and the probe), or None."""
-        data = self._data
-        if data is None:
-            return None
-        return data[1].images[index].permute(1, 2, 0).numpy()
 
     def export_model(self) -> VisionTransformer:
         """A copy of the trained model on the CPU in eval mode (later training does not change it).
