@@ -88,3 +88,15 @@ def deit_tiny_state_dict() -> dict[str, torch.Tensor]:
     """A random state dict of DeiT-tiny's shapes (width 192, 12 blocks, 14x14 grid, 1000 classes),
     to stand in for the catalogue's `deit-tiny` download. Read-only: shared by the session."""
     return make_timm_state_dict(embed_dim=192, depth=12, patch_size=16, grid=(14, 14), num_classes=1000, scale=0.02)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module, for the real-browser tests (tests/_browser_kit.py
+    says which binary and flags; without Playwright the module is skipped unless CI requires it)."""
+    from tests._browser_kit import CHROMIUM, CHROMIUM_ARGS, import_playwright
+
+    with import_playwright().sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -18,8 +18,6 @@ from PIL import Image
 
 from tests._browser_kit import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     go_to,
     idle,
     import_playwright,
@@ -49,14 +47,6 @@ PAGES = [
 def server():
     with streamlit_server("streamlit.log") as srv:
         yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, go_to, idle, streamlit_server
+from tests._browser_kit import ARTIFACTS, CHROMIUM, go_to, idle, streamlit_server
 from tests.test_experiments import fake_results
 from vit_core import experiments as ex
 
@@ -42,14 +42,6 @@ def server(results_dir):
     env = {"VIT_EXPLORER_EXPERIMENTS_DIR": str(results_dir)}
     with streamlit_server("streamlit_experiments.log", env=env) as srv:
         yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def shoot(pg, name: str) -> None:

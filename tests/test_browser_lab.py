@@ -12,8 +12,6 @@ import torch
 
 from tests._browser_kit import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ROOT,
     go_to,
     idle,
@@ -35,14 +33,6 @@ PHOTO = ROOT / "assets" / "samples" / "photos" / "chelsea_cat.jpg"
 def server():
     with streamlit_server("streamlit_lab.log") as srv:
         yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def shoot(pg, name: str, width: int) -> None:

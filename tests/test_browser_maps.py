@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, go_to, idle, streamlit_server
+from tests._browser_kit import ARTIFACTS, CHROMIUM, ROOT, go_to, idle, streamlit_server
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -42,14 +42,6 @@ WATCH_JS = """(el) => {
 def server():
     with streamlit_server("streamlit_maps.log") as srv:
         yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, url: str, width: int):

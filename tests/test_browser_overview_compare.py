@@ -15,8 +15,6 @@ import torch
 
 from tests._browser_kit import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     idle,
     import_playwright,
     skip_without_browser,
@@ -58,14 +56,6 @@ def server(tmp_path_factory):
     }
     with streamlit_server("streamlit_overview_compare.log", env=env) as srv:
         yield srv.url, models / "simple_post_relu.safetensors"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def shoot_at(pg, name: str, width: int) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser_kit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, go_to, idle, map_point, streamlit_server
+from tests._browser_kit import ARTIFACTS, CHROMIUM, ROOT, go_to, idle, map_point, streamlit_server
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -32,14 +32,6 @@ PAGES = ["Overview", "Patches", "Embeddings", "Position embeddings", "Attention"
 def server():
     with streamlit_server("streamlit_tour.log") as srv:
         yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ import pytest
 
 from tests._browser_kit import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     import_playwright,
     skip_without_browser,
     streamlit_server,
@@ -46,14 +44,6 @@ def server(tmp_path_factory):
     }
     with streamlit_server("streamlit_train.log", env=env) as srv:
         yield srv.url, runs_dir
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def idle(pg, settle: float = 0.8) -> None:
