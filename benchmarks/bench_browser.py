@@ -152,7 +152,8 @@ class AttentionPage:
         return self._measure(lambda: thumb.press(key))
 
     def click(self) -> float:
-        box = self.pg.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
+        # the picture of ui.picker; a revision before it drew the map with plotly
+        box = self.pg.locator(".st-key-attn_image .vx-stage img, .js-plotly-plot .nsewdrag").first.bounding_box()
         side = min(box["width"], box["height"])
         x0, y0 = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
         f = (0.3, 0.4) if self.n["click"] % 2 == 0 else (0.7, 0.6)

@@ -41,7 +41,11 @@ from vit_core.analysis import faithfulness as NOW  # noqa: E402
 def module_at(rev: str):
     """faithfulness.py of `rev`, imported as a module of its own."""
     text = subprocess.run(
-        ["git", "show", f"{rev}:vit_core/analysis/faithfulness.py"], cwd=ROOT, check=True, capture_output=True, text=True
+        ["git", "show", f"{rev}:vit_core/analysis/faithfulness.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     text = text.replace("from .whatif import", "from vit_core.analysis.whatif import")
     path = Path(tempfile.mkdtemp()) / "faithfulness_ref.py"

@@ -5,8 +5,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import vit_plots as vp
+import vit_plots.pictures as vpp
 from ui import compute
-from ui.page import chart, clickable_chart, header, needs_head, prediction_line
+from ui.page import chart, clickable_map, header, needs_head, pictures, prediction_line
 from ui.session import current
 from ui.state import kept
 from vit_core.analysis import map_agreement
@@ -73,6 +74,14 @@ def map_over_image(heat: np.ndarray, **kw) -> go.Figure:
     return vp.overlay_figure(cur.prep.display, heat, cur.grid, P, **look, **kw)
 
 
+def _rows(d: int) -> int:
+    """Rows for a head output of d numbers drawn as a strip: about 4 cells wide to 1 high."""
+    r = max(1, int(round(np.sqrt(d / 4))))
+    while d % r:
+        r -= 1
+    return r
+
+
 def _query_patch(p: int) -> None:
     st.session_state["attn_query"] = k + p
 
@@ -121,14 +130,18 @@ def query_view() -> None:
     c1, c2 = (st.container(), st.container()) if on_photo else st.columns([1, 1])
     with c1:
         st.markdown(f"Where {where} looks. Click any patch to make it the query.")
-        clickable_chart(
-            map_over_image(
+        clickable_map(
+            vpp.picker_view(
+                photo["image"] if on_photo else cur.prep.display,
                 row[k:].reshape(gh, gw),
-                colorbar_title="attention",
-                value_name="attention",
+                cur.grid,
+                photo["box"] if on_photo else None,
                 vmin=0,
+                value_name="attention",
                 selected=qpatch,
-                height=430,
+                width=720 if on_photo else 420,
+                max_height=560,
+                **look,
             ),
             key="attn_image",
             on_patch=_query_patch,
@@ -138,50 +151,65 @@ def query_view() -> None:
                 f"Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1)."
             )
     with c2:
-        st.markdown(f"All {h} heads of layer {layer} for the same query (each tile scaled to its own maximum):")
-        chart(
-            vp.heads_figure(
-                A[:, query, k:].reshape(h, gh, gw), query=qpatch, height=430 if h <= 6 and not on_photo else None
-            ),
-            key="attn_heads",
+        st.markdown(
+            f"All {h} heads of layer {layer} for the same query, in the same colours, each picture scaled to its "
+            "own head's maximum (written under it); the query patch is outlined."
         )
+        tiles, peaks = vpp.head_pictures(A[:, query, k:].reshape(h, gh, gw), look["colorscale"], 150, qpatch)
+        pictures(tiles, [f"head {i} · max {peaks[i]:.3f}" for i in range(h)], 150 if h <= 4 else 110, key="attn_heads")
 
-    st.subheader("One head, step by step")
     step_head = 0 if head == "mean" else int(head)
     steps = compute.head_steps(cur, layer - 1, step_head, query)
     st.markdown(
+        f"### One head, step by step\n"
         f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
         f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
         f"softmax, ③ the values are summed with those weights."
     )
-    chart(vp.head_steps_figure(steps["scores"], steps["weights"], steps["output"], cur.grid, k), key="attn_steps")
-    top = np.argsort(-steps["weights"], kind="stable")[:5]
-    s_max = float(steps["scores"].max())
-    denom = float(np.exp(steps["scores"] - s_max).sum())
-    st.dataframe(
-        {
-            "key token": [labels[j] for j in top],
-            "score q·k/√d": [f"{steps['scores'][j]:.3f}" for j in top],
-            "exp(score − max)": [f"{np.exp(steps['scores'][j] - s_max):.4f}" for j in top],
-            "weight": [f"{steps['weights'][j]:.4f}" for j in top],
-        },
-        hide_index=True,
+    sc, wt, out = steps["scores"], steps["weights"], steps["output"]
+    lim = float(np.abs(sc[k:]).max()) or 1.0
+    pictures(
+        [
+            vpp.grid_picture(sc[k:].reshape(gh, gw), "RdBu_r", -lim, lim, 180),
+            vpp.grid_picture(wt[k:].reshape(gh, gw), "Inferno", 0.0, float(wt[k:].max()) or 1.0, 180),
+            vpp.vector_picture(out, "RdBu_r", 360, rows=_rows(out.size)),
+        ],
+        [
+            f"① scores q·kⱼ/√d over the patch keys: blue {-lim:.2f}, white 0, red {lim:.2f}",
+            f"② softmax → weights: black 0, yellow {float(wt[k:].max()):.3f}",
+            f"③ Σⱼ weightⱼ vⱼ, the head's output ({out.size} numbers): blue {-float(np.abs(out).max()):.2f}, "
+            f"red {float(np.abs(out).max()):.2f}",
+        ],
+        230,
+        key="attn_steps",
     )
+    top = np.argsort(-wt, kind="stable")[:5]
+    s_max = float(sc.max())
+    denom = float(np.exp(sc - s_max).sum())
     j0 = int(top[0])
-    st.latex(
-        r"\begin{gathered}w_{\text{"
+    prefix = ", ".join(("CLS" if j == 0 else f"token {j}") + f" {sc[j]:.2f} → {wt[j]:.3f}" for j in range(k))
+    # one markdown element (the table, the worked softmax) rather than four: each element is a message
+    # the browser handles on every slider step
+    st.markdown(
+        (f"Prefix keys, score → weight: {prefix}.\n\n" if k else "")
+        + "The five keys with the largest weights:\n\n"
+        + "| key token | score q·k/√d | exp(score − max) | weight |\n|---|---:|---:|---:|\n"
+        + "\n".join(f"| {labels[j]} | {sc[j]:.3f} | {np.exp(sc[j] - s_max):.4f} | {wt[j]:.4f} |" for j in top)
+        + "\n\n$$\n"
+        + r"w_{\text{"
         + labels[j0]
         + r"}} = \frac{e^{"
-        + f"{steps['scores'][j0]:.2f}"
+        + f"{sc[j0]:.2f}"
         + r"}}{\sum_j e^{s_j}} = \frac{"
-        + f"{np.exp(steps['scores'][j0] - s_max):.4f}"
+        + f"{np.exp(sc[j0] - s_max):.4f}"
         + "}{"
         + f"{denom:.4f}"
         + "} = "
-        + f"{steps['weights'][j0]:.4f}"
-        + r"\\ \text{(scores shifted by their max }"
+        + f"{wt[j0]:.4f}"
+        + r"\qquad \text{(scores shifted by their max }"
         + f"{s_max:.2f}"
-        + r"\text{ for stability)}\end{gathered}"
+        + r"\text{ for stability)}"
+        + "\n$$"
     )
 
 

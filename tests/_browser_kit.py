@@ -127,9 +127,10 @@ def go_to(pg, label: str, **idle_kw) -> None:
 
 def map_point(pg, fx: float, fy: float) -> tuple[float, float]:
     """Page coordinates of the point (fx, fy), as fractions of width and height, of the image in
-    the page's first plotly map (the image is square and centred: scaleanchor, constrain=domain)."""
-    box = pg.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
-    assert box is not None, "no plotly map on the page"
+    the page's first map: a clickable picture (ui.picker) or a plotly map (the image is square and
+    centred: scaleanchor, constrain=domain)."""
+    box = pg.locator(".vx-stage img, .js-plotly-plot .nsewdrag").first.bounding_box()
+    assert box is not None, "no map on the page"
     side = min(box["width"], box["height"])
     x0 = box["x"] + (box["width"] - side) / 2
     y0 = box["y"] + (box["height"] - side) / 2

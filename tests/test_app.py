@@ -35,7 +35,7 @@ PAGES = [
     ("pages/2_patches.py", "Step 1: cut the image into patches", 6),
     ("pages/3_embeddings.py", "Step 2: turn every patch into a vector", 4),
     ("pages/4_positions.py", "Step 3: tell each token where it came from", 5),
-    ("pages/5_attention.py", "Step 4: attention, who looks at whom", 8),
+    ("pages/5_attention.py", "Step 4: attention, who looks at whom", 5),  # + the clickable map, a picker
     ("pages/6_prediction.py", "Step 5: the answer", 4),
 ]
 
@@ -97,6 +97,11 @@ def prediction_text(at: AppTest) -> str:
 
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def pickers(at: AppTest) -> dict[str, dict]:
+    """The clickable pictures (ui.picker) of the page: their views, by the picker's key."""
+    return {el.key: json.loads(el.proto.json) for el in at.get("bidi_component")}
 
 
 def array(v) -> np.ndarray:
@@ -268,12 +273,10 @@ def test_attention_query_layer_head_and_rollout():
     at.selectbox(key="attn_query").set_value(1 + 5).run()  # the same state a click on patch 5 sets
     ok(at)
     assert any(m.value.startswith("**Query: patch 5**") for m in at.markdown)
-    overlay = charts(at)[0]
-    box = overlay["layout"]["shapes"][0]
-    P = 32 // gw
-    assert (box["x0"], box["y0"]) == ((5 % gw) * P, (5 // gw) * P)  # the query patch is outlined
+    overlay = pickers(at)["attn_image"]
+    assert overlay["outlined"] == [5] and overlay["grid"] == [gh, gw]  # the query patch is outlined
     # the overlay's values are the attention row of the query (mean of heads, last layer)
-    values = array(overlay["data"][1]["marker"]["color"])
+    values = np.asarray(overlay["values"])
     assert values.shape == (gh * gw,) and np.isclose(values.sum(), 1.0, atol=0.2)
     at.slider(key="attn_layer").set_value(1).run()
     at.selectbox(key="attn_head").set_value(1).run()
@@ -411,8 +414,12 @@ def test_attention_extras_dino_heads_and_mean_distance_over_samples():
     at.switch_page("pages/5_attention.py").run()
     ok(at)
 
-    def kept_cells() -> int:  # charts: overlay, heads, steps, rollout, class map, DINO heads, distance, entropy
-        z = array(charts(at)[5]["data"][0]["z"]).astype(float)
+    def chart_of(key: str) -> dict:
+        (spec,) = [json.loads(el.proto.spec) for el in at.get("plotly_chart") if el.key == key]
+        return spec
+
+    def kept_cells() -> int:
+        z = array(chart_of("dino_heads")["data"][0]["z"]).astype(float)
         return int(np.sum(np.nan_to_num(z) > 0))
 
     at.slider(key="dino_mass").set_value(1.0).run()
@@ -420,10 +427,10 @@ def test_attention_extras_dino_heads_and_mean_distance_over_samples():
     at.slider(key="dino_mass").set_value(0.2).run()
     ok(at)
     assert 0 < kept_cells() < everything  # a smaller share keeps fewer patches
-    one_image = array(charts(at)[6]["data"][0]["y"])
+    one_image = array(chart_of("attn_distance")["data"][0]["y"])
     at.toggle(key="mad_samples").set_value(True).run()
     ok(at)
-    samples = array(charts(at)[6]["data"][0]["y"])
+    samples = array(chart_of("attn_distance")["data"][0]["y"])
     assert samples.shape == one_image.shape and not np.allclose(samples, one_image)
     assert (samples > 0).all() and (samples < 32 * 2**0.5).all()  # pixels, within the 32x32 image
 

@@ -144,20 +144,20 @@ def test_maps_over_an_uploaded_photo_and_a_click_on_it(browser, server):
         assert pg.locator('[data-testid="stException"]').count() == 0
         shoot(pg, "attention_photo_1400")
         # the query map is the photo (wider than high); a click on it picks the patch under the cursor
-        plot = pg.locator(".st-key-attn_image .js-plotly-plot").first
-        src = plot.evaluate("(p) => p.querySelector('image').getAttribute('href')")
+        picker = pg.locator(".st-key-attn_image .vx-stage").first
+        picker.scroll_into_view_if_needed()
+        time.sleep(0.3)
+        src = picker.locator("img").first.get_attribute("src")
         assert src.startswith("data:image/jpeg")
-        box = plot.locator(".nsewdrag").first.bounding_box()
-        assert box["width"] > box["height"] * 1.2
-        # the crop is the centre of the photo: a point 5% inside its left edge is patch column 0
-        img = plot.evaluate(
-            "(p) => { const r = p.querySelector('image').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }"
+        left, top, w, h = picker.evaluate(
+            "(p) => { const r = p.querySelector('img').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }"
         )
-        left, top, w, h = img
-        crop = plot.evaluate(
-            "(p) => { const r = [...p.querySelectorAll('.shapelayer path')][0].getBoundingClientRect();"
-            " return [r.left, r.top, r.width, r.height]; }"
+        assert w > h * 1.2
+        # the crop is the centre of the photo (the dashed frame): a point 3% inside its left edge is patch column 0
+        crop = picker.evaluate(
+            "(p) => { const r = p.querySelector('.vx-frame').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }"
         )
+        assert crop[0] > left + 1 and crop[2] < w  # the model saw a centre part of the wide photo
         x, y = crop[0] + crop[2] * 0.03, crop[1] + crop[3] * 0.55
         assert left < x < left + w and top < y < top + h
         pg.mouse.move(x, y)

@@ -7,6 +7,9 @@ from collections.abc import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
+import vit_plots.pictures as vpp
+
+from .picker import grid_picker
 from .predictions import class_note
 from .selection import Current
 
@@ -49,6 +52,27 @@ def _width(fig: go.Figure) -> str:
 def chart(fig: go.Figure, key: str | None = None) -> None:
     """A plotly figure with a quiet mode bar."""
     st.plotly_chart(fig, width=_width(fig), config=PLOTLY_CONFIG, key=key)
+
+
+def pictures(images, captions, width: int, key: str | None = None) -> None:
+    """Pictures in a row (wrapping), each with its caption: the light way to show maps that redraw
+    on every slider step (`vit_plots.pictures`); `key` names the container (tests find it by it)."""
+    with st.container(key=key):
+        st.image(list(images), caption=list(captions), width=int(width))
+
+
+def colour_key(colorscale: str, lo: float, hi: float, what: str, fmt: str = ".3g") -> None:
+    """A colour scale strip with its two ends written out: the key to `pictures`."""
+    c1, c2 = st.columns([1, 2], vertical_alignment="center")
+    c1.image(vpp.colour_key(colorscale, 200, 10), width=200)
+    c2.caption(f"{what}: {format(lo, fmt)} (left) to {format(hi, fmt)} (right)")
+
+
+def clickable_map(view: dict, key: str, on_patch: Callable[[int], None]) -> None:
+    """A map (`vit_plots.pictures.picker_view`) whose patches take clicks: `on_patch(index)` runs
+    before the rerun. One image instead of a plotly figure: the light choice for a map that
+    redraws on every slider step."""
+    grid_picker(view, key, on_patch)
 
 
 def clicked_patch(chart_key: str) -> int | None:

@@ -92,14 +92,14 @@ ABLATIONS: tuple[Variant, ...] = (
         {"global_pool": "avg", "class_token": False},
     ),
     Variant("patch8", "patch 8 (16 tokens)", "How much do smaller patches (more tokens) matter?", {"patch_size": 8}),
-    Variant("patch2", "patch 2 (256 tokens)", "Do even smaller patches (four times the tokens) help?", {"patch_size": 2}),
+    Variant(
+        "patch2", "patch 2 (256 tokens)", "Do even smaller patches (four times the tokens) help?", {"patch_size": 2}
+    ),
     Variant("reg4", "4 register tokens", "Do register tokens change accuracy or attention?", {"reg_tokens": 4}),
     Variant("depth6", "depth 6", "Does one step more depth help on this budget?", {"depth": 6}),
     Variant("width96", "width 96", "Does one step more width help on this budget?", {"embed_dim": 96}),
 )
-NOT_RUN = (
-    "50,000 training images (the full set; at this step budget a run sees 9,600 images, a fifth of one epoch)",
-)
+NOT_RUN = ("50,000 training images (the full set; at this step budget a run sees 9,600 images, a fifth of one epoch)",)
 
 
 @dataclass(frozen=True)
