@@ -185,7 +185,8 @@ class LabPage(AttentionPage):
         self.n = {"knockout": 0}
 
     def knockout(self) -> float:
-        grid = self.pg.locator(".st-key-lab_heads .js-plotly-plot .nsewdrag").first
+        # the picture of ui.picker; a revision before it drew the grid with plotly
+        grid = self.pg.locator(".st-key-lab_heads .vx-stage img, .st-key-lab_heads .js-plotly-plot .nsewdrag").first
         grid.scroll_into_view_if_needed()
         time.sleep(0.3)
         box = grid.bounding_box()

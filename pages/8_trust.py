@@ -5,9 +5,10 @@ import numpy as np
 import streamlit as st
 
 import vit_plots as vp
+import vit_plots.pictures as vpp
 import vit_plots.faithfulness as vpf
 from ui import compute, lab
-from ui.page import chart, clickable_chart, header, needs_head, prediction_line
+from ui.page import chart, clickable_map, header, needs_head, pictures, prediction_line
 from ui.session import current
 from ui.state import kept
 from vit_core.analysis import agreement_matrix
@@ -346,14 +347,14 @@ def knockout_view() -> None:
             st.caption(
                 "Importance not measured yet (toggle above); the grid still works: click heads to knock them out."
             )
-        clickable_chart(
-            vpf.head_grid_figure(
+        clickable_map(
+            vpp.head_grid_view(
                 values,
                 heads,
                 value_name=f"drop ({unit})" if unit else "not measured",
                 value_format=".3f" if metric == "logprob" else ".1f",
-                height=int(min(60, max(28, 360 / L)) * L + 60),
                 show_values=imp is not None,
+                cell_px=int(min(56, max(30, 400 / max(L, H)))),
             ),
             key="lab_heads",
             on_patch=_toggle_head,
@@ -407,21 +408,19 @@ def knockout_view() -> None:
         else:
             st.markdown("No head knocked out: these are the model's own prediction and maps.")
         base = lab.knocked(cur, (), target, fusion, discard, s0)
-        img = cur.prep.display
-        chart(
-            vp.compare_maps_figure(
-                img, [base["rollout"], out["rollout"]], ["rollout", "… heads knocked out"], cur.grid,
-                colorbar_title="rollout", value_name="rollout", height=260,
-            ),
-            key="lab_ko_rollout",
-        )  # fmt: skip
-        chart(
-            vp.compare_maps_figure(
-                img, [base["class_map"], out["class_map"]], [f"class map: {cname}", "… heads knocked out"], cur.grid,
-                colorbar_title="relevance", value_name="relevance", height=260,
-            ),
-            key="lab_ko_class",
-        )  # fmt: skip
+        # pictures, not plotly figures: this column redraws on every click of the grid
+        for what, unit_name, pair in (
+            ("rollout", "rollout", [base["rollout"], out["rollout"]]),
+            (f"class map: {cname}", "relevance", [base["class_map"], out["class_map"]]),
+        ):
+            pics, (lo, hi) = vpp.map_pictures(cur.prep.display, pair)
+            pictures(
+                pics,
+                [f"{what}, all heads", f"{what}, {len(heads)} head{'s' if len(heads) != 1 else ''} knocked out"],
+                200,
+                key=f"lab_ko_{unit_name}",
+            )
+            st.caption(f"One colour scale for both {unit_name} maps: {lo:.3g} (dark) to {hi:.3g} (bright).")
 
 
 knockout_view()

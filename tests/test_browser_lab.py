@@ -55,7 +55,7 @@ def probability(pg) -> tuple[str, float]:
 
 def click_head(pg, layer: int, head: int, layers: int, heads: int) -> None:
     """Click the grid cell of (layer, head), 0-based: rows are layers top down, columns heads."""
-    grid = pg.locator(".st-key-lab_heads .js-plotly-plot .nsewdrag").first
+    grid = pg.locator(".st-key-lab_heads .vx-stage img").first
     grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
     x = box["x"] + box["width"] * (head + 0.5) / heads

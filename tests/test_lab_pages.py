@@ -53,7 +53,7 @@ def test_lab_renders_every_section_for_the_predicted_class(lab):
     assert at.title[0].value == "Which map to trust"
     assert "image: CIFAR-10: cat" in prediction_text(at)
     shipped = REFERENCE.exists() and MODEL_KEY == "bundled"
-    assert len(at.get("plotly_chart")) == (10 if shipped else 8)
+    assert len(at.get("plotly_chart")) == (7 if shipped else 5)  # the knockout grid is a picker, its maps pictures
     model, x = cat_input()
     with torch.no_grad():
         p = model(x).double().softmax(-1)[0]
@@ -108,6 +108,8 @@ def test_knocking_out_heads_changes_the_probability_by_what_knockout_heads_compu
         assert m.value == f"{p * 100:.2f}%"
         assert m.delta == f"{(p - p0) * 100:+.2f} points"
         assert p != pytest.approx(p0, abs=1e-6)  # the knockout did something
+        (grid,) = [json.loads(el.proto.json) for el in at.get("bidi_component") if el.key == "lab_heads"]
+        assert grid["crossed"] == sorted(a * H + b for a, b in heads)  # the grid crosses exactly those heads
     at.multiselect(key="lab_knocked").unselect(1 * H + 1).unselect((model.cfg.depth - 1) * H).run()
     ok(at)
     assert metric(at, f"probability of '{model.class_names[c]}'").value == f"{p0 * 100:.2f}%"

@@ -93,6 +93,7 @@ def test_head_grid_view_cells_crosses_and_labels():
     assert (pic[0, 0, :3] == lut[int(round(0.75 * 255))]).all()  # 0.5 on a -1..1 scale
     assert pic[20, 0, 3] == 0 and pic[0, 20, 3] == 0  # transparent gaps between the cells
     assert "click to knock it out" in view["hover"][4]
+    assert 3 in view["light"] and 5 in view["light"] and 2 not in view["light"]  # white text on the dark ends only
     blank = vpp.head_grid_view(np.zeros((2, 3)), show_values=False)
     assert blank["key"] is None and set(blank["text"]) == {""}
 

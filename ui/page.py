@@ -61,13 +61,6 @@ def pictures(images, captions, width: int, key: str | None = None) -> None:
         st.image(list(images), caption=list(captions), width=int(width))
 
 
-def colour_key(colorscale: str, lo: float, hi: float, what: str, fmt: str = ".3g") -> None:
-    """A colour scale strip with its two ends written out: the key to `pictures`."""
-    c1, c2 = st.columns([1, 2], vertical_alignment="center")
-    c1.image(vpp.colour_key(colorscale, 200, 10), width=200)
-    c2.caption(f"{what}: {format(lo, fmt)} (left) to {format(hi, fmt)} (right)")
-
-
 def clickable_map(view: dict, key: str, on_patch: Callable[[int], None]) -> None:
     """A map (`vit_plots.pictures.picker_view`) whose patches take clicks: `on_patch(index)` runs
     before the rerun. One image instead of a plotly figure: the light choice for a map that

@@ -11,7 +11,7 @@ Chromium. This component swaps one image and moves a few boxes instead (about 0.
 - `hover`: one line per cell, shown next to the pointer;
 - `frame`: draw the box dashed (the part of a photo the model saw);
 - `outlined`: cells drawn with a cyan box (the query); `crossed`: cells with a cross (knocked out);
-- `text`: one short label per cell written on it ("" for none);
+- `text`: one short label per cell written on it ("" for none), white on the cells in `light`;
 - `rows`/`cols`: optional axis labels; `key`: an optional colour key (src, low, high, label).
 
 The picture, labels and texts are produced by this project from numbers; nothing a user typed
@@ -49,9 +49,10 @@ export default function(component) {
     el.style.width = pct((r - l) / gw); el.style.height = pct((b - t) / gh);
   };
   const frag = document.createDocumentFragment();
+  const light = new Set(data.light || []);
   (data.text || []).forEach((s, p) => {
     if (!s) return;
-    const el = document.createElement('div'); el.className = 'vx-text'; el.textContent = s;
+    const el = document.createElement('div'); el.className = light.has(p) ? 'vx-text vx-light' : 'vx-text'; el.textContent = s;
     place(el, Math.floor(p / gw), p % gw); frag.appendChild(el);
   });
   (data.crossed || []).forEach((p) => {
@@ -117,7 +118,8 @@ _CSS = """
 .vx-outline { position: absolute; box-sizing: border-box; border: 3px solid #00e5ff; }
 .vx-cross, .vx-text { position: absolute; display: flex; align-items: center; justify-content: center; line-height: 1; }
 .vx-cross { font-size: 26px; font-weight: 700; color: #111; text-shadow: 0 0 3px #fff; }
-.vx-text { font-size: 12px; color: #111; text-shadow: 0 0 2px #fff, 0 0 2px #fff; }
+.vx-text { font-size: 12px; color: #111; }
+.vx-text.vx-light { color: #fff; }
 .vx-tip { position: absolute; display: none; z-index: 5; background: rgba(20, 20, 20, 0.88); color: #fff;
   font-size: 12px; line-height: 1.35; padding: 3px 7px; border-radius: 4px; pointer-events: none; white-space: pre; }
 .vx-rows { display: flex; flex-direction: column; justify-content: space-around; padding-right: 6px; font-size: 12px; }

@@ -203,6 +203,7 @@ def picker_view(
         "outlined": [] if selected is None else [int(selected)],
         "crossed": [],
         "text": [],
+        "light": [],
         "key": key_view(colorscale, lo, hi, value_name),
         "range": [lo, hi],
         "values": [float(x) for x in flat],
@@ -246,6 +247,7 @@ def head_grid_view(
             img[i * (s + g) : i * (s + g) + s, j * (s + g) : j * (s + g) + s, 3] = 255
     flat = v.reshape(-1)
     text = [format(float(x), value_format) if show_values and np.isfinite(x) else "" for x in flat]
+    luma = cells.reshape(-1, 3).astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
     return {
         "src": png_data_uri(img),
         "width": int(img.shape[1]),
@@ -261,6 +263,7 @@ def head_grid_view(
         "outlined": [],
         "crossed": sorted({int(a) * H + int(c) for a, c in knocked}),
         "text": text,
+        "light": [int(p) for p in np.flatnonzero(luma < 0.5)],  # dark cells: their text is written white
         "rows": [f"layer {i + 1}" for i in range(L)],
         "cols": [f"head {j}" for j in range(H)],
         "key": key_view(colorscale, -span, span, value_name) if show_values else None,
