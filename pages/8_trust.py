@@ -5,8 +5,8 @@ import numpy as np
 import streamlit as st
 
 import vit_plots as vp
-import vit_plots.pictures as vpp
 import vit_plots.faithfulness as vpf
+import vit_plots.pictures as vpp
 from ui import compute, lab
 from ui.page import chart, clickable_map, header, needs_head, pictures, prediction_line
 from ui.session import current

@@ -7,8 +7,6 @@ from collections.abc import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
-import vit_plots.pictures as vpp
-
 from .picker import grid_picker
 from .predictions import class_note
 from .selection import Current
