@@ -122,14 +122,19 @@ def query_view() -> None:
         if query == 0 and k
         else (f"patch {qpatch} (row {qpatch // gw}, column {qpatch % gw})" if qpatch is not None else labels[query])
     )
-    st.markdown(
-        f"**Query: {labels[query]}** · layer {layer} · {'mean of all heads' if head == 'mean' else f'head {head}'}"
-    )
-
     # a photo gets the full width (a wide one would be tiny in half a column), the heads go below it
     c1, c2 = (st.container(), st.container()) if on_photo else st.columns([1, 1])
     with c1:
-        st.markdown(f"Where {where} looks. Click any patch to make it the query.")
+        own = (
+            f" Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1)."
+            if k
+            else ""
+        )
+        # one markdown element, not three: each element is a message the browser handles on every step
+        st.markdown(
+            f"**Query: {labels[query]}** · layer {layer} · {'mean of all heads' if head == 'mean' else f'head {head}'}"
+            f"\n\nWhere {where} looks. Click any patch to make it the query.{own}"
+        )
         clickable_map(
             vpp.picker_view(
                 photo["image"] if on_photo else cur.prep.display,
@@ -146,10 +151,6 @@ def query_view() -> None:
             key="attn_image",
             on_patch=_query_patch,
         )
-        if k:
-            st.caption(
-                f"Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1)."
-            )
     with c2:
         st.markdown(
             f"All {h} heads of layer {layer} for the same query, in the same colours, each picture scaled to its "
