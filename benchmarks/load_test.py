@@ -60,7 +60,7 @@ from tests._browser_kit import (  # noqa: E402
 )
 
 ATTENTION_TITLE = "Step 4: attention, who looks at whom"
-ATTENTION_CHARTS = 7
+ATTENTION_CHARTS = 5  # plotly figures; the query section's maps are pictures
 TIMEOUT_MS = 300_000  # generous: 20 sessions on a shared 2-core machine queue up
 
 
@@ -136,7 +136,9 @@ async def one_session(
             )
         await _text_appears(pg, "h1", ATTENTION_TITLE)
         await pg.wait_for_function(
-            f"document.querySelectorAll('.js-plotly-plot').length >= {ATTENTION_CHARTS}", timeout=TIMEOUT_MS
+            f"document.querySelectorAll('.js-plotly-plot').length >= {ATTENTION_CHARTS}"
+            " && document.querySelector('.st-key-attn_image') !== null",  # the clickable map (ui.picker)
+            timeout=TIMEOUT_MS,
         )
         await _idle(pg)
         t3 = time.perf_counter()

@@ -38,7 +38,7 @@ PAGES = [
     ("Patches", "Step 1: cut the image into patches", 6),
     ("Embeddings", "Step 2: turn every patch into a vector", 4),
     ("Position embeddings", "Step 3: tell each token where it came from", 5),
-    ("Attention", "Step 4: attention, who looks at whom", 8),
+    ("Attention", "Step 4: attention, who looks at whom", 5),  # + the clickable map, a picture
     ("Prediction", "Step 5: the answer", 4),
 ]
 
