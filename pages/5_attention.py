@@ -197,7 +197,7 @@ def query_view() -> None:
         + "| key token | score q·k/√d | exp(score − max) | weight |\n|---|---:|---:|---:|\n"
         + "\n".join(f"| {labels[j]} | {sc[j]:.3f} | {np.exp(sc[j] - s_max):.4f} | {wt[j]:.4f} |" for j in top)
         + "\n\n$$\n"
-        + r"w_{\text{"
+        + r"\begin{gathered}w_{\text{"
         + labels[j0]
         + r"}} = \frac{e^{"
         + f"{sc[j0]:.2f}"
@@ -207,9 +207,9 @@ def query_view() -> None:
         + f"{denom:.4f}"
         + "} = "
         + f"{wt[j0]:.4f}"
-        + r"\qquad \text{(scores shifted by their max }"
+        + r"\\ \text{(scores shifted by their max }"
         + f"{s_max:.2f}"
-        + r"\text{ for stability)}"
+        + r"\text{ for stability)}\end{gathered}"
         + "\n$$"
     )
 

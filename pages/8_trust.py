@@ -417,7 +417,7 @@ def knockout_view() -> None:
             pictures(
                 pics,
                 [f"{what}, all heads", f"{what}, {len(heads)} head{'s' if len(heads) != 1 else ''} knocked out"],
-                200,
+                150,  # two side by side in a half column at 1100 px
                 key=f"lab_ko_{unit_name}",
             )
             st.caption(f"One colour scale for both {unit_name} maps: {lo:.3g} (dark) to {hi:.3g} (bright).")
