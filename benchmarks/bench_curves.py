@@ -11,7 +11,7 @@ that they share the machine's load:
 The revision's `vit_core/analysis/faithfulness.py` is read with `git show` and imported beside
 this tree's (the rest of vit_core is this tree's).
 
-Run:  python benchmarks/bench_curves.py [--ref 35b3494] [--rounds 3]
+Run:  python benchmarks/bench_curves.py [--ref 35b3494] [--rounds 3] [--k 4]
 """
 
 from __future__ import annotations
@@ -60,20 +60,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", default="35b3494", help="the earlier revision (default: before the curve changes)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--k", type=int, default=1, help="patches per curve step (the lab's default is ceil(n/16): 4)")
     args = ap.parse_args()
     old = module_at(args.ref)
     model = load_checkpoint(ROOT / "assets" / "vit_cifar10.safetensors").eval()
     x = preprocess(load_image(ROOT / "assets" / "samples" / "cifar10" / "cat.jpg"), model)
     _, maps = six_maps(model, x, 3)
     lab = torch.cat([maps, NOW.random_saliencies(maps.shape[1], 10, 0)])
-    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f}")
+    print(
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}; {args.k} patch(es) per step; "
+        f"load average at start {os.getloadavg()[0]:.1f}"
+    )
     ways = {
-        f"{args.ref}: 2 threads, batch 64": (2, lambda M: old.deletion_insertion_curves(model, x, M, 3, batch_size=64)),
+        f"{args.ref}: 2 threads, batch 64": (
+            2,
+            lambda M: old.deletion_insertion_curves(model, x, M, 3, k=args.k, batch_size=64),
+        ),
         f"{args.ref}: the app (1 thread, batch 256)": (
             1,
-            lambda M: old.deletion_insertion_curves(model, x, M, 3, batch_size=256),
+            lambda M: old.deletion_insertion_curves(model, x, M, 3, k=args.k, batch_size=256),
         ),
-        "this tree: the app (1 thread + curve workers)": (1, lambda M: NOW.deletion_insertion_curves(model, x, M, 3)),
+        "this tree: the app (1 thread + curve workers)": (
+            1,
+            lambda M: NOW.deletion_insertion_curves(model, x, M, 3, k=args.k),
+        ),
     }
     for label, M in (("6 maps", maps), ("6 maps + 10 random rankings (the lab)", lab)):
         times: dict[str, list[float]] = {k: [] for k in ways}

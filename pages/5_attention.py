@@ -161,8 +161,8 @@ def query_view() -> None:
 
     step_head = 0 if head == "mean" else int(head)
     steps = compute.head_steps(cur, layer - 1, step_head, query)
+    st.subheader("One head, step by step")  # a lesson's focus heading: a real heading element
     st.markdown(
-        f"### One head, step by step\n"
         f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
         f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
         f"softmax, ③ the values are summed with those weights."

@@ -230,14 +230,14 @@ def _attention_page(upload: bytes | None = None):
     return at
 
 
-def _charts(at) -> list[dict]:
+def _charts(at) -> dict[str, dict]:
     import json
 
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    return {el.key: json.loads(el.proto.spec) for el in at.get("plotly_chart")}
 
 
 def test_attention_maps_over_the_uploaded_photo_and_two_classes_on_one_scale():
-    from tests.test_app import PAGES, ok
+    from tests.test_app import PAGES, ok, pickers
 
     w, h = 300, 120  # a wide photo: the model sees its centre square
     buf = io.BytesIO()
@@ -246,7 +246,9 @@ def test_attention_maps_over_the_uploaded_photo_and_two_classes_on_one_scale():
     n_charts = PAGES[4][2]
     before = _charts(at)
     assert len(before) == n_charts
-    assert before[0]["layout"]["xaxis"]["range"] == [0, 32]  # default: over the 32x32 model input
+    assert before["roll_map"]["layout"]["xaxis"]["range"] == [0, 32]  # default: over the 32x32 model input
+    query_map = pickers(at)["attn_image"]  # the clickable query map: one picture (ui.picker)
+    assert query_map["box"] == [0.0, 0.0, 1.0, 1.0] and query_map["frame"] is False
     at.radio(key="attn_display_over").set_value("photo").run()
     at.slider(key="attn_display_opacity").set_value(0.8).run()
     at.selectbox(key="attn_display_cmap").set_value("Viridis").run()
@@ -254,15 +256,19 @@ def test_attention_maps_over_the_uploaded_photo_and_two_classes_on_one_scale():
     ok(at)
     charts = _charts(at)
     assert len(charts) == n_charts
-    for i in (0, 3, 4):  # the query map, rollout, the class maps: in the photo's pixels
-        assert charts[i]["layout"]["xaxis"]["range"] == [0, w], i
-        assert charts[i]["layout"]["yaxis"]["range"] == [h, 0], i
-    query_map = charts[0]
-    assert decode(query_map["data"][0]["source"]).shape[:2] == (h, w)
-    dashed = [s for s in query_map["layout"]["shapes"] if s.get("line", {}).get("dash") == "dash"]
-    assert [(s["x0"], s["x1"]) for s in dashed] == [(90.0, 210.0)]  # the crop: the centre 120x120
+    for key in ("roll_map", "chefer_map"):  # rollout, the class maps: in the photo's pixels
+        assert charts[key]["layout"]["xaxis"]["range"] == [0, w], key
+        assert charts[key]["layout"]["yaxis"]["range"] == [h, 0], key
+    query_map = pickers(at)["attn_image"]
+    assert decode(query_map["src"]).shape[:2] == (h, w)  # the photo itself
+    assert query_map["frame"] is True and query_map["box"] == [
+        90 / w,
+        0.0,
+        210 / w,
+        1.0,
+    ]  # the crop: the centre 120x120
     # the two class maps: one colour scale, one colour bar
-    cls = charts[4]
+    cls = charts["chefer_map"]
     bars = [t for t in cls["data"] if t.get("marker", {}).get("showscale")]
     assert len(bars) == 1
     assert (bars[0]["marker"]["cmin"], bars[0]["marker"]["cmax"]) == (
@@ -272,7 +278,7 @@ def test_attention_maps_over_the_uploaded_photo_and_two_classes_on_one_scale():
     assert sum(t["type"] == "image" for t in cls["data"]) == 2
     assert any("one colour scale" in c.value for c in at.caption)
     # the DINO heads over the photo too
-    assert charts[5]["data"][0]["type"] == "image"
+    assert charts["dino_heads"]["data"][0]["type"] == "image"
 
 
 def test_embeddings_page_wording_filters_and_per_depth_colours():
