@@ -109,6 +109,15 @@ def test_map_pictures_share_one_range():
     assert (pics[0][0, 0] == lut[int(round(0.5 * 255))]).all()  # 1 is its middle, not a's own top
 
 
+def test_a_clicked_cell_from_the_browser_is_checked_against_the_grid():
+    from ui.picker import valid_cell
+
+    view = {"grid": [2, 3]}
+    assert [valid_cell(v, view) for v in (0, 5, 5.0)] == [0, 5, 5]
+    for forged in (6, -1, 2.5, "3", None, True, float("nan"), 10**12):
+        assert valid_cell(forged, view) is None, forged
+
+
 def test_streamlit_skips_the_full_collection_after_each_run():
     """A full gc.collect(2) after every script run held the GIL for 0.3-0.5 s per slider step
     (py-spy, 2-core machine); the app's config turns it off."""

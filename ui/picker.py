@@ -20,6 +20,7 @@ reaches the HTML (labels are set as text, not markup).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import streamlit as st
@@ -141,13 +142,24 @@ def _component():
     return _picker
 
 
+def valid_cell(value, view: dict) -> int | None:
+    """The clicked cell as an index of `view`'s grid, or None. The value comes from the browser, so
+    anything but a whole number within the grid (a forged message, a stale view) is ignored."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value != int(value):
+        return None
+    rows, cols = (int(v) for v in view["grid"])
+    return int(value) if 0 <= value < rows * cols else None
+
+
 def grid_picker(view: dict, key: str, on_cell: Callable[[int], None]) -> None:
     """Shows `view` (`vit_plots.pictures.picker_view` / `head_grid_view`); a click on a cell calls
     `on_cell(index)` before the rerun. The page finds it as `.st-key-{key}`."""
 
     def _cb() -> None:
-        value = getattr(st.session_state.get(key), "cell", None)
-        if value is not None:
-            on_cell(int(value))
+        cell = valid_cell(getattr(st.session_state.get(key), "cell", None), view)
+        if cell is not None:
+            on_cell(cell)
 
     _component()(key=key, data=view, on_cell_change=_cb, width="content")

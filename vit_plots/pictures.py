@@ -183,8 +183,7 @@ def picker_view(
     if h.shape != (gh, gw):
         raise ValueError(f"heat has shape {h.shape}, expected the grid {(gh, gw)}")
     b = (0.0, 0.0, float(W), float(H)) if box is None else tuple(float(v) for v in box)
-    lo, hi = shared_range([h], vmin, vmax)
-    pixels = heat_on_image(a, h, b, alpha, colorscale, lo, hi, smooth)
+    (pixels,), (lo, hi) = map_pictures(a, [h], b, alpha, colorscale, smooth, vmin, vmax)
     w = int(width)
     if max_height is not None and w * H / W > max_height:
         w = max(120, int(max_height * W / H))
