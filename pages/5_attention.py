@@ -7,7 +7,7 @@ import streamlit as st
 import vit_plots as vp
 import vit_plots.pictures as vpp
 from ui import compute
-from ui.page import chart, clickable_map, header, needs_head, pictures, prediction_line
+from ui.page import chart, clickable_map, header, needs_head, pictures, prediction_line, section
 from ui.session import current
 from ui.state import kept
 from vit_core.analysis import map_agreement
@@ -22,14 +22,13 @@ header(
     f"In every encoder block each of the {N} tokens sends a **query**, and every token offers a **key** and a "
     f"**value**. A query's attention is a softmax over its dot products with all keys: a set of weights that sum "
     f"to 1. The token's update is the weighted sum of the values. Each of the {h} **heads** does this with its own "
-    f"projections (head width d = {d}), so different heads can look for different things.",
-)
-prediction_line(cur)
-st.latex(
-    r"\mathrm{Attention}(Q,K,V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}}\right)V,\qquad A \in \mathbb{R}^{"
+    f"projections (head width d = {d}), so different heads can look for different things.\n\n$$\n"
+    + r"\mathrm{Attention}(Q,K,V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}}\right)V,\qquad A \in \mathbb{R}^{"
     + f"{N}\\times{N}"
     + r"} \text{ per head}"
+    + "\n$$",  # the formula in the intro's element (see ui.page.section)
 )
+prediction_line(cur)
 
 # One "Display" control for every map on this page; each section below reruns alone when its own
 # widgets change (st.fragment), so a slider step redraws only that section's figures.
@@ -88,31 +87,20 @@ def _query_patch(p: int) -> None:
 
 @st.fragment
 def query_view() -> None:
-    """Layer, head, query: the map, all heads, one head step by step."""
-    kept("attn_layer", L, range(1, L + 1), url="layer", describe=lambda v: f"layer {v}")
-    kept(
+    """Layer, head, query: the map, all heads, one head step by step.
+
+    Everything is computed before the first element is drawn, so the elements reach the browser in
+    one burst: the browser then redraws the page once or twice per step instead of once per element
+    as they trickle in (measured with benchmarks/bench_browser.py)."""
+    layer = kept("attn_layer", L, range(1, L + 1), url="layer", describe=lambda v: f"layer {v}")
+    head = kept(
         "attn_head",
         "mean",
         ["mean", *range(h)],
         url="head",
         describe=lambda v: "the mean of all heads" if v == "mean" else f"head {v}",
     )
-    kept("attn_query", 0, range(N), url="query", describe=lambda v: f"query {labels[v]}")
-    c1, c2, c3 = st.columns([2, 1, 1])
-    layer = c1.slider("Layer", 1, L, key="attn_layer")
-    head = c2.selectbox(
-        "Head",
-        ["mean", *range(h)],
-        key="attn_head",
-        format_func=lambda x: "mean of all heads" if x == "mean" else f"head {x}",
-    )
-    query = c3.selectbox(
-        "Query token",
-        list(range(N)),
-        key="attn_query",
-        format_func=lambda i: labels[i],
-        help="Or click a patch on the image.",
-    )
+    query = kept("attn_query", 0, range(N), url="query", describe=lambda v: f"query {labels[v]}")
 
     A = cur.attention(layer - 1)  # (heads, N, N)
     row = A.mean(0)[query] if head == "mean" else A[head, query]
@@ -122,68 +110,35 @@ def query_view() -> None:
         if query == 0 and k
         else (f"patch {qpatch} (row {qpatch // gw}, column {qpatch % gw})" if qpatch is not None else labels[query])
     )
-    # a photo gets the full width (a wide one would be tiny in half a column), the heads go below it
-    c1, c2 = (st.container(), st.container()) if on_photo else st.columns([1, 1])
-    with c1:
-        own = (
-            f" Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1)."
-            if k
-            else ""
-        )
-        # one markdown element, not three: each element is a message the browser handles on every step
-        st.markdown(
-            f"**Query: {labels[query]}** · layer {layer} · {'mean of all heads' if head == 'mean' else f'head {head}'}"
-            f"\n\nWhere {where} looks. Click any patch to make it the query.{own}"
-        )
-        clickable_map(
-            vpp.picker_view(
-                photo["image"] if on_photo else cur.prep.display,
-                row[k:].reshape(gh, gw),
-                cur.grid,
-                photo["box"] if on_photo else None,
-                vmin=0,
-                value_name="attention",
-                selected=qpatch,
-                width=720 if on_photo else 420,
-                max_height=560,
-                **look,
-            ),
-            key="attn_image",
-            on_patch=_query_patch,
-        )
-    with c2:
-        st.markdown(
-            f"All {h} heads of layer {layer} for the same query, in the same colours, each picture scaled to its "
-            "own head's maximum (written under it); the query patch is outlined."
-        )
-        tiles, peaks = vpp.head_pictures(A[:, query, k:].reshape(h, gh, gw), look["colorscale"], 150, qpatch)
-        pictures(tiles, [f"head {i} · max {peaks[i]:.3f}" for i in range(h)], 150 if h <= 4 else 110, key="attn_heads")
-
+    own = (
+        f" Weight on [CLS] itself: {row[0]:.3f}; on all {n} patches: {row[k:].sum():.3f} (a row sums to 1)."
+        if k
+        else ""
+    )
+    view = vpp.picker_view(
+        photo["image"] if on_photo else cur.prep.display,
+        row[k:].reshape(gh, gw),
+        cur.grid,
+        photo["box"] if on_photo else None,
+        vmin=0,
+        value_name="attention",
+        selected=qpatch,
+        width=720 if on_photo else 420,
+        max_height=560,
+        **look,
+    )
+    tiles, peaks = vpp.head_pictures(A[:, query, k:].reshape(h, gh, gw), look["colorscale"], 150, qpatch)
     step_head = 0 if head == "mean" else int(head)
     steps = compute.head_steps(cur, layer - 1, step_head, query)
-    st.subheader("One head, step by step")  # a lesson's focus heading: a real heading element
-    st.markdown(
-        f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
-        f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
-        f"softmax, ③ the values are summed with those weights."
-    )
     sc, wt, out = steps["scores"], steps["weights"], steps["output"]
     lim = float(np.abs(sc[k:]).max()) or 1.0
-    pictures(
-        [
-            vpp.grid_picture(sc[k:].reshape(gh, gw), "RdBu_r", -lim, lim, 180),
-            vpp.grid_picture(wt[k:].reshape(gh, gw), "Inferno", 0.0, float(wt[k:].max()) or 1.0, 180),
-            vpp.vector_picture(out, "RdBu_r", 360, rows=_rows(out.size)),
-        ],
-        [
-            f"① scores q·kⱼ/√d over the patch keys: blue {-lim:.2f}, white 0, red {lim:.2f}",
-            f"② softmax → weights: black 0, yellow {float(wt[k:].max()):.3f}",
-            f"③ Σⱼ weightⱼ vⱼ, the head's output ({out.size} numbers): blue {-float(np.abs(out).max()):.2f}, "
-            f"red {float(np.abs(out).max()):.2f}",
-        ],
-        230,
-        key="attn_steps",
-    )
+    step_pictures = [
+        vpp.grid_picture(sc[k:].reshape(gh, gw), "RdBu_r", -lim, lim, 180),
+        vpp.grid_picture(wt[k:].reshape(gh, gw), "Inferno", 0.0, float(wt[k:].max()) or 1.0, 180),
+        vpp.vector_picture(out, "RdBu_r", 360, rows=_rows(out.size)),
+    ]
+    # encoded here, not while drawing: the drawing below then takes a few milliseconds
+    tiles, step_pictures = [compute.png_bytes(t) for t in tiles], [compute.png_bytes(t) for t in step_pictures]
     top = np.argsort(-wt, kind="stable")[:5]
     s_max = float(sc.max())
     denom = float(np.exp(sc - s_max).sum())
@@ -191,7 +146,7 @@ def query_view() -> None:
     prefix = ", ".join(("CLS" if j == 0 else f"token {j}") + f" {sc[j]:.2f} → {wt[j]:.3f}" for j in range(k))
     # one markdown element (the table, the worked softmax) rather than four: each element is a message
     # the browser handles on every slider step
-    st.markdown(
+    table = (
         (f"Prefix keys, score → weight: {prefix}.\n\n" if k else "")
         + "The five keys with the largest weights:\n\n"
         + "| key token | score q·k/√d | exp(score − max) | weight |\n|---|---:|---:|---:|\n"
@@ -213,19 +168,67 @@ def query_view() -> None:
         + "\n$$"
     )
 
+    c1, c2, c3 = st.columns([2, 1, 1])
+    c1.slider("Layer", 1, L, key="attn_layer")
+    c2.selectbox(
+        "Head",
+        ["mean", *range(h)],
+        key="attn_head",
+        format_func=lambda x: "mean of all heads" if x == "mean" else f"head {x}",
+    )
+    c3.selectbox(
+        "Query token",
+        list(range(N)),
+        key="attn_query",
+        format_func=lambda i: labels[i],
+        help="Or click a patch on the image.",
+    )
+    # a photo gets the full width (a wide one would be tiny in half a column), the heads go below it
+    c1, c2 = (st.container(), st.container()) if on_photo else st.columns([1, 1])
+    with c1:
+        # one markdown element, not three: each element is a message the browser handles on every step
+        st.markdown(
+            f"**Query: {labels[query]}** · layer {layer} · {'mean of all heads' if head == 'mean' else f'head {head}'}"
+            f"\n\nWhere {where} looks. Click any patch to make it the query.{own}"
+        )
+        clickable_map(view, key="attn_image", on_patch=_query_patch)
+    with c2:
+        st.markdown(
+            f"All {h} heads of layer {layer} for the same query, in the same colours, each picture scaled to its "
+            "own head's maximum (written under it); the query patch is outlined."
+        )
+        pictures(tiles, [f"head {i} · max {peaks[i]:.3f}" for i in range(h)], 150 if h <= 4 else 110, key="attn_heads")
+
+    section(  # a lesson's focus heading: an h3 of the page
+        "One head, step by step",
+        f"Head {step_head} of layer {layer}{' (pick a head above; the mean has no single computation)' if head == 'mean' else ''}, "
+        f"query {labels[query]}: ① the query vector q (length {d}) is compared with every key, ② the scores go through a "
+        f"softmax, ③ the values are summed with those weights.",
+    )
+    pictures(
+        step_pictures,
+        [
+            f"① scores q·kⱼ/√d over the patch keys: blue {-lim:.2f}, white 0, red {lim:.2f}",
+            f"② softmax → weights: black 0, yellow {float(wt[k:].max()):.3f}",
+            f"③ Σⱼ weightⱼ vⱼ, the head's output ({out.size} numbers): blue {-float(np.abs(out).max()):.2f}, "
+            f"red {float(np.abs(out).max()):.2f}",
+        ],
+        230,
+        key="attn_steps",
+    )
+    st.markdown(table)
+
 
 query_view()
 
-st.subheader("Attention rollout: follow attention through all layers")
-st.markdown(
+section(
+    "Attention rollout: follow attention through all layers",
     "One layer's attention says little about the input: after the first block every token already mixes "
     "information from others. **Rollout** (Abnar & Zuidema 2020) multiplies the layers' attention, adding the "
     "residual connection as an identity, to estimate how much each input patch flows into [CLS] at the end "
     "(the ViT paper's Figure 6). Discarding the weakest weights per row sharpens the map; starting later skips "
-    "the first layers."
-)
-st.latex(
-    r"\hat A_\ell = \mathrm{norm}\!\left(\tfrac12\,\mathrm{fuse}_\text{heads}(A_\ell) + \tfrac12 I\right),\quad J = \hat A_{L}\cdots\hat A_{\text{start}},\quad \text{map} = J_{\text{CLS},\,\text{patches}}"
+    "the first layers.",
+    r"\hat A_\ell = \mathrm{norm}\!\left(\tfrac12\,\mathrm{fuse}_\text{heads}(A_\ell) + \tfrac12 I\right),\quad J = \hat A_{L}\cdots\hat A_{\text{start}},\quad \text{map} = J_{\text{CLS},\,\text{patches}}",
 )
 
 
@@ -256,14 +259,12 @@ def rollout_view() -> None:
 
 rollout_view()
 
-st.subheader("Class-specific map: what speaks for one class")
-st.markdown(
+section(
+    "Class-specific map: what speaks for one class",
     "Rollout ignores which class you ask about. **Chefer et al. (2021)** weight each layer's attention by its "
     "gradient with respect to one class's logit, keep the positive part, and accumulate across layers. Choose "
-    "a class to see which patches raise *its* score."
-)
-st.latex(
-    r"\bar A_\ell = \mathbb{E}_\text{heads}\!\left[\left(\nabla_{A_\ell} y_c \odot A_\ell\right)^+\right],\qquad R \leftarrow R + \bar A_\ell R,\quad R_0 = I"
+    "a class to see which patches raise *its* score.",
+    r"\bar A_\ell = \mathbb{E}_\text{heads}\!\left[\left(\nabla_{A_\ell} y_c \odot A_\ell\right)^+\right],\qquad R \leftarrow R + \bar A_\ell R,\quad R_0 = I",
 )
 
 
@@ -318,11 +319,11 @@ def class_view() -> None:
 if needs_head(cur, "A class-specific map"):
     class_view()
 
-st.subheader("The last layer's heads, DINO style")
-st.markdown(
+section(
+    "The last layer's heads, DINO style",
     "Each head's attention from [CLS] in the last layer, as in the DINO paper (Caron et al. 2021): keep, per "
     "head, the fewest patches that together hold a share of its attention, and hide the rest. In well-trained "
-    "models different heads pick out different objects or parts."
+    "models different heads pick out different objects or parts.",
 )
 
 
@@ -342,16 +343,14 @@ def dino_view() -> None:
 
 dino_view()
 
-st.subheader("How far does each head look?")
-st.markdown(
+section(
+    "How far does each head look?",
     "**Mean attention distance**: for each head, the average distance in pixels between a query patch and the "
     "patches it attends to, weighted by attention (the ViT paper's Figure 7 right; the paper averages over 128 "
     "images). A CNN's early layers can only look locally; a ViT's early layers can already mix heads that look "
-    "near and far."
-)
-st.latex(
+    "near and far.",
     r"\begin{gathered}\text{MAD} = \frac1n\sum_{q} \sum_{t} \tilde A_{qt}\,\lVert \mathrm{pos}_q - \mathrm{pos}_t \rVert \cdot P,"
-    r"\\ \tilde A = A \text{ over patch keys, rows renormalised}\end{gathered}"
+    r"\\ \tilde A = A \text{ over patch keys, rows renormalised}\end{gathered}",
 )
 
 
@@ -372,8 +371,11 @@ def distance_view() -> None:
 
 distance_view()
 hm = compute.head_maps(cur)
+# one element for the text and its formula (see ui.page.section)
 st.markdown(
-    "**Entropy** of each head's attention, averaged over queries: 0 means each query looks at one token, log N (uniform) means it looks everywhere equally."
+    "**Entropy** of each head's attention, averaged over queries: 0 means each query looks at one token, log N "
+    "(uniform) means it looks everywhere equally.\n\n$$\n"
+    + r"H = -\frac1N\sum_q\sum_t A_{qt}\log A_{qt},\qquad \log N = "
+    + f"{np.log(N):.2f}\n$$"
 )
-st.latex(r"H = -\frac1N\sum_q\sum_t A_{qt}\log A_{qt},\qquad \log N = " + f"{np.log(N):.2f}")
 chart(vp.entropy_figure(hm["entropy"], max_entropy=float(np.log(N))), key="attn_entropy")

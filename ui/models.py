@@ -547,15 +547,17 @@ def _answer(question: dict) -> None:
 
 
 def _own_model_help() -> None:
-    st.caption(
+    # one element, not 17: every element on a page costs the browser time on every rerun of any part of it
+    parts = [
         "Trained your own ViT with vit-pytorch, a tutorial's code or `nn.TransformerEncoderLayer`? Add two lines "
         "after training, then upload the file above (a Lightning `.ckpt` works too). Only the weights are read."
-    )
+    ]
     for family, code, asks in SAVE_HELP:
-        st.caption(f"**{FAMILIES[family][:1].upper() + FAMILIES[family][1:]}**")
-        st.code(code, language="python")
-        st.caption(f"The app will ask: {asks}.")
-    st.caption("Once loaded, saving it in this app's format keeps your answers with the weights.")
+        parts.append(
+            f"**{FAMILIES[family][:1].upper() + FAMILIES[family][1:]}**\n\n```python\n{code}\n```\n\nThe app will ask: {asks}."
+        )
+    parts.append("Once loaded, saving it in this app's format keeps your answers with the weights.")
+    st.caption("\n\n".join(parts))
 
 
 def _on_as_intended() -> None:

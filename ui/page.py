@@ -20,6 +20,17 @@ def header(title: str, intro: str) -> None:
     st.markdown(intro)
 
 
+def section(title: str, text: str, latex: str | None = None) -> None:
+    """A section's heading (an h3, as st.subheader draws it), its text and an optional display
+    formula as ONE markdown element: every element on a page costs the browser time on every
+    rerun of any part of the page (a fragment's slider step included), so static text is kept in
+    as few elements as it reads well in."""
+    body = f"### {title}\n\n{text}"
+    if latex:
+        body += f"\n\n$$\n{latex}\n$$"
+    st.markdown(body)
+
+
 def prediction_line(cur: Current) -> None:
     """One line: the model's prediction for the current image (with a warning for random weights)."""
     text = f"**Prediction:** {cur.prediction_text()} · model: {cur.loaded.label} · image: {cur.image.name}"
