@@ -155,7 +155,9 @@ class AttentionPage:
 
     def click(self) -> float:
         # the picture of ui.picker; a revision before it drew the map with plotly
-        box = self.pg.locator(".st-key-attn_image .vx-stage img, .js-plotly-plot .nsewdrag").first.bounding_box()
+        target = self.pg.locator(".st-key-attn_image .vx-stage img, .js-plotly-plot .nsewdrag").first
+        target.scroll_into_view_if_needed()  # below the fold in a narrow window: a click there would miss it
+        box = target.bounding_box()
         side = min(box["width"], box["height"])
         x0, y0 = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
         f = (0.3, 0.4) if self.n["click"] % 2 == 0 else (0.7, 0.6)
