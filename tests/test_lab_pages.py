@@ -172,3 +172,27 @@ def test_side_by_side_shares_one_colour_scale_per_view(mode):
         maps = [class_attention_map(model, x, int(t))[0].detach().numpy() for t in (a, b)]
         lo, hi = min(m.min() for m in maps), max(m.max() for m in maps)
         assert np.allclose(scales[2], (lo, hi), rtol=1e-5)
+
+
+def test_column_mean_of_finite_agrees_with_nanmean_and_stays_quiet():
+    """The lab's mean rank correlation over images: the numbers of np.nanmean, without its
+    "Mean of empty slice" warning for a column that has no finite value (a constant map)."""
+    import warnings
+
+    from ui.lab import column_mean_of_finite
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(7, 4))
+    v[rng.random((7, 4)) < 0.3] = np.nan
+    v[:, 2] = np.nan  # no finite value in this column
+    v[0, 3] = np.inf  # not finite either: left out like a NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = column_mean_of_finite(v)
+    w = np.where(np.isfinite(v), v, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmean(w, 0)
+    assert got.shape == (4,)
+    assert np.isnan(got[2])
+    np.testing.assert_allclose(np.delete(got, 2), np.delete(want, 2), rtol=1e-12)

@@ -232,12 +232,23 @@ def sample_summary(cur: Current, fusion: str, discard: float, start: int, k: int
         "insertion_area": s.insertion.numpy(),
         "mean_deletion": s.mean_deletion.numpy(),
         "mean_insertion": s.mean_insertion.numpy(),
-        "spearman": np.nanmean(s.spearman.numpy(), 0),
+        "spearman": column_mean_of_finite(s.spearman.numpy()),
         "top_overlap": s.top_overlap.numpy().mean(0),
         "images": len(x),
         "k": int(k),
         "random_seeds": int(seeds),
     }
+
+
+def column_mean_of_finite(values: np.ndarray) -> np.ndarray:
+    """The mean of each column over its finite entries; NaN for a column with none (a rank
+    correlation is undefined for a constant map). np.nanmean gives the same numbers but warns
+    "Mean of empty slice" into the server log for such a column."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    n = ok.sum(0)
+    total = np.where(ok, v, 0.0).sum(0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
 @st.cache_data(**{**MODEL_RESULTS, "max_entries": 8})
