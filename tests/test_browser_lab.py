@@ -99,6 +99,27 @@ def test_click_a_head_and_the_prediction_changes_by_what_the_library_computes(se
     delta = pg.locator('[data-testid="stMetricDelta"]').first.inner_text()
     assert delta.strip().replace("\u2212", "-") == f"{(want - float(p[c])) * 100:+.2f} points"
     assert "layer 2 · head 1" in pg.locator('[data-testid="stMultiSelect"]').first.inner_text()
+    # the cross sits on the cell of layer 2, head 1 of the picture (marks placed in percent of it)
+    img, cross = pg.locator(".st-key-lab_heads .vx-cross").first.evaluate(
+        """(c) => [c.closest('.vx-stage').querySelector('img'), c].map((e) => {
+             const q = e.getBoundingClientRect(); return [q.left, q.right, q.top, q.bottom]; })"""
+    )
+    cw, ch = (img[1] - img[0]) / H, (img[3] - img[2]) / L
+    want = [img[0] + cw, img[0] + 2 * cw, img[2] + ch, img[2] + 2 * ch]
+    assert cross == pytest.approx(want, abs=1.5), (cross, want)
+    # the knocked-out cell is crossed, and its value stays readable: the cross does not cover it
+    found, *r = pg.locator(".st-key-lab_heads .vx-cross").first.evaluate(
+        """(cross) => {
+          const texts = [...cross.parentNode.querySelectorAll('.vx-text')].filter(
+            (t) => t.style.left === cross.style.left && t.style.top === cross.style.top);
+          const box = (el) => { const g = document.createRange(); g.selectNodeContents(el); return g.getBoundingClientRect(); };
+          const a = box(cross), b = texts.length ? box(texts[0]) : a;
+          return [texts.length, a.left, a.right, a.top, a.bottom, b.left, b.right, b.top, b.bottom];
+        }"""
+    )
+    assert found == 1, "no value written in the knocked-out cell"
+    a_left, a_right, a_top, a_bottom, b_left, b_right, b_top, b_bottom = r
+    assert a_right <= b_left or a_left >= b_right or a_bottom <= b_top or a_top >= b_bottom, r
     shoot(pg, "lab_cat_knocked", 1100)
 
     # an uploaded photo: the page recomputes everything for it

@@ -10,7 +10,8 @@ Chromium. This component swaps one image and moves a few boxes instead (about 0.
   cells are; a click inside the box reports `row * cols + col` as the trigger value `cell`;
 - `hover`: one line per cell, shown next to the pointer;
 - `frame`: draw the box dashed (the part of a photo the model saw);
-- `outlined`: cells drawn with a cyan box (the query); `crossed`: cells with a cross (knocked out);
+- `outlined`: cells drawn with a cyan box (the query); `crossed`: cells framed dark with a small
+  cross in the corner (knocked out), so that the cell's value stays readable;
 - `text`: one short label per cell written on it ("" for none), white on the cells in `light`;
 - `rows`/`cols`: optional axis labels; `key`: an optional colour key (src, low, high, label).
 
@@ -112,13 +113,16 @@ export default function(component) {
 _CSS = """
 .vx-picker { display: inline-block; max-width: 100%; font-family: var(--st-font, sans-serif); color: var(--st-text-color, inherit); }
 .vx-body { display: grid; grid-template-columns: auto auto; }
-.vx-stage { position: relative; display: inline-block; cursor: crosshair; line-height: 0; }
+/* the stage is exactly as wide as its picture (a grid item would stretch to its column): the marks
+   and texts are placed in percent of it */
+.vx-stage { position: relative; display: inline-block; cursor: crosshair; line-height: 0; justify-self: start; }
 .vx-stage img { display: block; user-select: none; max-width: 100%; height: auto; }
 .vx-marks { position: absolute; inset: 0; pointer-events: none; }
 .vx-frame { position: absolute; box-sizing: border-box; border: 2px dashed #00e5ff; }
 .vx-outline { position: absolute; box-sizing: border-box; border: 3px solid #00e5ff; }
 .vx-cross, .vx-text { position: absolute; display: flex; align-items: center; justify-content: center; line-height: 1; }
-.vx-cross { font-size: 26px; font-weight: 700; color: #111; text-shadow: 0 0 3px #fff; }
+.vx-cross { align-items: flex-start; justify-content: flex-end; box-sizing: border-box; padding: 1px 3px;
+  border: 2px solid #111; font-size: 11px; font-weight: 700; color: #111; text-shadow: 0 0 3px #fff; }
 .vx-text { font-size: 12px; color: #111; }
 .vx-text.vx-light { color: #fff; }
 .vx-tip { position: absolute; display: none; z-index: 5; background: rgba(20, 20, 20, 0.88); color: #fff;
@@ -126,7 +130,10 @@ _CSS = """
 .vx-rows { display: flex; flex-direction: column; justify-content: space-around; padding-right: 6px; font-size: 12px; }
 .vx-rows span { white-space: nowrap; }
 .vx-rows:empty, .vx-cols:empty { padding: 0; }
-.vx-cols { display: flex; justify-content: space-around; font-size: 12px; padding-bottom: 3px; }
+/* width 0, min-width 100%: the column labels take the picture's width and never widen the column */
+.vx-cols { display: flex; justify-content: space-around; font-size: 12px; padding-bottom: 3px; width: 0;
+  min-width: 100%; box-sizing: border-box; }
+.vx-cols span { white-space: nowrap; }
 .vx-key { display: flex; align-items: center; gap: 6px; margin-top: 6px; font-size: 12px; }
 .vx-key img { width: 160px; height: 10px; }
 .vx-label { opacity: 0.8; }
