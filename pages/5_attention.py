@@ -7,7 +7,7 @@ import streamlit as st
 import vit_plots as vp
 import vit_plots.pictures as vpp
 from ui import compute
-from ui.page import chart, clickable_map, header, needs_head, pictures, prediction_line, section
+from ui.page import chart, clickable_map, encoded, header, needs_head, pictures, prediction_line, section
 from ui.session import current
 from ui.state import kept
 from vit_core.analysis import map_agreement
@@ -138,7 +138,7 @@ def query_view() -> None:
         vpp.vector_picture(out, "RdBu_r", 360, rows=_rows(out.size)),
     ]
     # encoded here, not while drawing: the drawing below then takes a few milliseconds
-    tiles, step_pictures = [compute.png_bytes(t) for t in tiles], [compute.png_bytes(t) for t in step_pictures]
+    tiles, step_pictures = encoded(tiles), encoded(step_pictures)
     top = np.argsort(-wt, kind="stable")[:5]
     s_max = float(sc.max())
     denom = float(np.exp(sc - s_max).sum())

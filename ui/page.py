@@ -7,6 +7,7 @@ from collections.abc import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
+from .compute import png_bytes
 from .picker import grid_picker
 from .predictions import class_note
 from .selection import Current
@@ -61,6 +62,12 @@ def _width(fig: go.Figure) -> str:
 def chart(fig: go.Figure, key: str | None = None) -> None:
     """A plotly figure with a quiet mode bar."""
     st.plotly_chart(fig, width=_width(fig), config=PLOTLY_CONFIG, key=key)
+
+
+def encoded(images) -> list[bytes]:
+    """Pictures (uint8 arrays) as PNG bytes for `pictures`: encode them before drawing, so that a
+    section's elements leave the server together rather than one encoding apart."""
+    return [png_bytes(im) for im in images]
 
 
 def pictures(images, captions, width: int, key: str | None = None) -> None:
